@@ -31,19 +31,19 @@ class Agent:
 
 
 DEFAULT_AGENTS: tuple[Agent, ...] = (
-    Agent("order", "Track an order or parcel, delivery date, change or cancel an order, delivery address of a placed order.",
+    Agent("order", "Track, change or cancel a placed order; delivery date and address.",
           ("order", "track", "tracking", "parcel", "package", "delivery", "shipped", "shipping", "cancel", "arrive", "courier")),
-    Agent("search", "Find products, availability and stock, recommendations, browse by price, brand or size.",
+    Agent("search", "Find products: stock, recommendations, price, brand, size.",
           ("find", "looking for", "search", "stock", "available", "recommend", "cheapest", "under", "do you have", "sell")),
-    Agent("details", "Specifications, dimensions, materials, compatibility, reviews, comparisons and warranty of a product.",
+    Agent("details", "Product specs, materials, compatibility, reviews, comparisons, warranty.",
           ("spec", "specs", "dimensions", "size of", "material", "compatible", "works with", "reviews", "compare", "warranty", "waterproof")),
-    Agent("returns", "Returns, refunds and their status, exchanges, damaged or wrong items, return policy.",
+    Agent("returns", "Returns, refunds and refund status, exchanges, damaged or wrong items.",
           ("return", "refund", "exchange", "damaged", "broken", "wrong item", "send back", "money back")),
-    Agent("account", "Profile, e-mail, phone, saved addresses, password, 2FA, security, create or delete the account.",
+    Agent("account", "Profile, e-mail, phone, addresses, password, 2FA, marketing e-mails, delete account.",
           ("account", "password", "profile", "email", "phone number", "2fa", "two-factor", "username", "newsletter", "delete my account")),
-    Agent("payment", "Declined cards, double charges, payment methods, billing, invoices, promo codes, gift cards.",
+    Agent("payment", "Declined cards, double charges, payment methods, invoices, promo codes, gift cards.",
           ("payment", "card", "charged", "charge", "declined", "invoice", "billing", "promo", "coupon", "gift card", "paypal")),
-    Agent("technical", "App crashes, site errors, pages not loading, login errors, broken checkout button.",
+    Agent("technical", "App crashes, site errors, pages not loading, login errors, broken buttons.",
           ("app", "crash", "error", "bug", "not loading", "website", "page", "button", "glitch", "freezes")),
 )
 
