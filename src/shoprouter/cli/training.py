@@ -1,0 +1,43 @@
+"""`shoprouter train`: LoRA fine-tuning of the router."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from . import app
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="Dataset directory with train.jsonl and val.jsonl."),
+    out: Path = typer.Option(..., "--out", help="Where to write the adapter, its metadata and training log."),
+    epochs: float = typer.Option(3.0, help="Passes over the training data (fractions allowed)."),
+    lr: float = typer.Option(2e-4, help="Peak learning rate (cosine schedule, 10 % warmup)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Examples per optimiser step (share one prefix pass)."),
+    max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop (with a checkpoint) after this long."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint."),
+    resume_from: Path | None = typer.Option(None, "--resume-from", help="Start from an existing adapter."),
+    extra: Path | None = typer.Option(None, "--extra", help="Extra rows (JSONL) mixed into the training data."),
+    base: str = typer.Option("embedded", help="Base model: 'embedded', a local path or a Hugging Face id."),
+    seed: int = typer.Option(0),
+    threads: int | None = typer.Option(None, help="CPU threads (default: all cores)."),
+    prefix_grad: bool = typer.Option(False, "--prefix-grad/--no-prefix-grad",
+                                     help="Backpropagate through the shared declarations prefix (slower)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
+) -> None:
+    """Fine-tune the LoRA router (reference recipe defaults) and save the adapter."""
+    from ..rows import read_rows
+    from ..train import TrainConfig
+    from ..train import train as run_train
+
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_minutes=max_minutes, base=base, seed=seed,
+                      threads=threads, prefix_grad=prefix_grad)
+    extra_rows = read_rows(extra) if extra else None
+    log = run_train(data, out, cfg, resume=resume, resume_from=resume_from, extra_rows=extra_rows)
+    summary = {k: log.get(k) for k in ("n_train", "total_steps", "elapsed_s", "epochs", "final_val_accuracy",
+                                       "temperature", "stopped_early", "finished")}
+    summary["adapter"] = str(out)
+    print(json.dumps(summary, indent=None if json_out else 2))

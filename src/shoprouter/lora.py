@@ -1,0 +1,135 @@
+"""The fine-tuned router: base Gemma 3 270M + a LoRA adapter, one forward pass per message on a cached prefix."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+
+from .agents import Agent, Registry, default_registry
+from .errors import ShopRouterError
+from .router import DEFAULT_CLARIFY_THRESHOLD, Router
+from .rows import Turn
+
+META_FILE = "router.json"  # registry, prompt format, calibration: written next to the adapter weights
+PROMPT_VERSION = 1
+
+
+def shipped_adapter() -> Path:
+    """The adapter that ships inside the package."""
+    return Path(str(files("shoprouter").joinpath("adapter")))
+
+
+def read_meta(adapter: Path) -> dict:
+    """Read and check an adapter directory's metadata."""
+    meta_path = adapter / META_FILE
+    weights = adapter / "adapter_model.safetensors"
+    if not adapter.is_dir() or not weights.is_file() or not meta_path.is_file():
+        raise ShopRouterError(f"no trained adapter at {adapter} (needs adapter_model.safetensors and {META_FILE}); "
+                              "train one with `shoprouter train` or pass --adapter")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ShopRouterError(f"adapter metadata {meta_path} is corrupted") from None
+    if meta.get("prompt_version") != PROMPT_VERSION:
+        raise ShopRouterError(f"adapter {adapter} was trained for prompt format {meta.get('prompt_version')}, "
+                              f"this shoprouter uses {PROMPT_VERSION}")
+    return meta
+
+
+def registry_from_meta(meta: dict) -> Registry:
+    return Registry(tuple(Agent(a["key"], a["description"], tuple(a.get("keywords", ()))) for a in meta["agents"]))
+
+
+def load_adapted_model(base: str | None, adapter: Path, merge: bool = True):
+    """Base model + LoRA adapter weights (merged into the base for inference speed)."""
+    from peft import PeftModel
+
+    from .model import load_base
+
+    loaded = load_base(base)
+    try:
+        model = PeftModel.from_pretrained(loaded.model, str(adapter), is_trainable=False)
+    except Exception as exc:  # safetensors / peft raise many types for a damaged file
+        raise ShopRouterError(f"cannot load adapter {adapter}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    if merge:
+        model = model.merge_and_unload()
+    model.eval()
+    return model, loaded.tokenizer
+
+
+class Int8Embedding(torch.nn.Module):
+    """Token embedding stored as int8 with one scale per row (4x smaller); same output as the scaled embedding."""
+
+    def __init__(self, emb: torch.nn.Embedding):
+        super().__init__()
+        w = emb.weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+        self.register_buffer("q", torch.round(w / scale[:, None]).to(torch.int8))
+        self.register_buffer("scale", scale)
+        self.embed_scale = float(getattr(emb, "scalar_embed_scale", 1.0))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.q[input_ids].float() * (self.scale[input_ids] * self.embed_scale).unsqueeze(-1)
+
+
+def compact_for_inference(engine, quantize: str | None) -> None:
+    """Shrink a merged model for routing: candidate head rows only; with quantize='int8' also an int8
+    embedding table and dynamically quantised int8 linear layers."""
+    engine.freeze_head()
+    model = engine.model
+    if quantize is None:
+        return
+    if quantize != "int8":
+        raise ShopRouterError(f"unknown quantization {quantize!r}; use 'int8' or none")
+    body = model.model
+    body.embed_tokens = Int8Embedding(body.embed_tokens)
+    model.lm_head = torch.nn.Identity()  # tied to the old embedding; only the frozen candidate rows are used
+    torch.ao.quantization.quantize_dynamic(body, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    engine.clear_cache()
+
+
+class LoraRouter(Router):
+    """Routes with the fine-tuned model: a probability over every declared function from one forward pass."""
+
+    name = "lora"
+
+    def __init__(self, adapter: str | Path | None = None, registry: Registry | None = None, base: str | None = None,
+                 clarify_threshold: float = DEFAULT_CLARIFY_THRESHOLD, temperature: float | None = None,
+                 batch_size: int = 32, threads: int | None = None, quantize: str | None = None):
+        from .scoring import Engine
+
+        adapter = Path(adapter) if adapter else shipped_adapter()
+        meta = read_meta(adapter)
+        trained = registry_from_meta(meta)
+        registry = registry or default_registry()
+        if trained.keys != registry.keys:
+            raise ShopRouterError(f"adapter {adapter} was trained for agents {trained.keys}, "
+                                  f"but the registry has {registry.keys}")
+        super().__init__(registry, clarify_threshold)
+        if threads:
+            torch.set_num_threads(threads)
+        self.adapter = adapter
+        self.meta = meta
+        self.temperature = float(temperature if temperature is not None else meta.get("temperature", 1.0))
+        self.batch_size = batch_size
+        model, tokenizer = load_adapted_model(base or meta.get("base"), adapter)
+        self.engine = Engine(model, tokenizer, registry)
+        self.quantize = quantize
+        compact_for_inference(self.engine, quantize)
+        self.engine.prefix_cache()  # encode the declarations once, now
+
+    def scores_batch(self, texts: Sequence[str], histories: Sequence[Sequence[Turn]]) -> list[dict[str, float]]:
+        encoded = [self.engine.encode(t, h) for t, h in zip(texts, histories, strict=True)]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))  # bucket by length
+        out: list[dict[str, float]] = [{} for _ in encoded]
+        labels = self.engine.tree.labels
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            probs = self.engine.score([encoded[i] for i in chunk], self.temperature).tolist()
+            for i, row in zip(chunk, probs, strict=True):
+                out[i] = dict(zip(labels, row, strict=True))
+        return out
