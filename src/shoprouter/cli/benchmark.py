@@ -1,0 +1,59 @@
+"""`shoprouter bench`: latency, throughput and memory of every router on this machine, in one run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from . import app
+
+
+@app.command()
+def bench(
+    data: Path = typer.Option(None, "--data", help="Messages to route (JSONL rows). Default: the realistic dev set."),
+    routers: str = typer.Option("lora,keyword,rules,tfidf,embedding", help="Comma-separated router names."),
+    n_single: int = typer.Option(200, "--n-single", help="Messages routed one at a time."),
+    n_batch: int = typer.Option(512, "--n-batch", help="Messages routed in batches."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    reference: int = typer.Option(30, "--reference-n", help="Messages for the reference generate+regex way (0: skip)."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="LoRA adapter directory (default: the shipped one)."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Benchmark routers (each in a fresh process) and the reference generate+regex way."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..benchmark import run_isolated
+    from ..errors import InputError
+    from ..router import ROUTER_NAMES
+    from ..rows import read_rows
+
+    path = data or Path(__file__).resolve().parents[3] / "data" / "realistic_dev.jsonl"
+    read_rows(path)  # validate before spawning anything
+    names = [n.strip() for n in routers.split(",") if n.strip()]
+    for n in names:
+        if n not in ROUTER_NAMES:
+            raise InputError(f"unknown router {n!r}; choose from {', '.join(ROUTER_NAMES)}")
+    results = []
+    for n in names:
+        kw = {"adapter": str(adapter)} if (adapter and n == "lora") else None
+        results.append(run_isolated("router", str(path), name=n, n_single=n_single, n_batch=n_batch,
+                                    batch_size=batch_size, router_kwargs=kw))
+    if reference:
+        results.append(run_isolated("reference", str(path), n=reference, adapter=str(adapter) if adapter else None))
+    if json_out:
+        print(json.dumps({"data": str(path), "results": results}))
+        return
+    table = Table(title=f"shoprouter bench on {path.name}")
+    for col in ("router", "p50 ms", "p95 ms", "msgs/s batched", "router RSS MB", "peak RSS MB", "note"):
+        table.add_column(col)
+    for r in results:
+        if "error" in r:
+            table.add_row(r["router"], "-", "-", "-", "-", "-", r["error"])
+            continue
+        table.add_row(r["router"], str(r["single_ms"]["p50"]), str(r["single_ms"]["p95"]),
+                      str(r.get("throughput_msgs_per_s", "-")), str(r["rss_mb_router"]),
+                      str(r["peak_rss_mb_process"]), f"acc {r['accuracy_on_sample']}" if "accuracy_on_sample" in r else "")
+    Console().print(table)
