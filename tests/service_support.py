@@ -19,6 +19,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_ROUTER = "tests.support_router:KeywordTestRouter"
+# The API key the test servers accept (given to them in SHOPROUTER_API_KEYS) and the header that sends it.
+TEST_KEY = "sr_test-key-for-the-service-tests-0123456789"
+AUTH = {"authorization": f"Bearer {TEST_KEY}"}
 REDIS_BIN = shutil.which("redis-server")
 needs_redis = pytest.mark.skipif(REDIS_BIN is None, reason="redis-server is not installed "
                                  "(apt-get install -y redis-server); the Redis store tests need a real server")
@@ -91,10 +94,13 @@ class Service:
     """`shoprouter serve` in a subprocess on 127.0.0.1."""
 
     def __init__(self, store: str, shop_db: Path, workdir: Path, router: str = TEST_ROUTER, port: int | None = None,
-                 extra: list[str] | None = None):
+                 extra: list[str] | None = None, env: dict[str, str] | None = None):
         self.store, self.shop_db, self.workdir, self.router = store, shop_db, Path(workdir), router
         self.port = port or free_port()
         self.extra = extra or []
+        # SHOPROUTER_API_KEYS=tester=TEST_KEY unless `env` says otherwise (a None value removes a variable)
+        self.env = {"SHOPROUTER_API_KEYS": f"tester={TEST_KEY}", **(env or {})}
+        self.headers = dict(AUTH)
         self.proc: subprocess.Popen | None = None
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log = self.workdir / f"service-{self.port}.log"
@@ -106,6 +112,14 @@ class Service:
     def start(self) -> Service:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                "SHOPROUTER_HOME": str(self.workdir / "home")}
+        for k in ("SHOPROUTER_API_KEYS", "SHOPROUTER_KEYS_FILE", "SHOPROUTER_SESSION_SECRET",
+                  "SHOPROUTER_PUBLIC_ROUTING", "SHOPROUTER_RETENTION_DAYS"):
+            env.pop(k, None)
+        for k, v in self.env.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
         cmd = [sys.executable, "-c", "import sys; from shoprouter.cli import main; sys.exit(main(sys.argv[1:]))",
                "serve", "--host", "127.0.0.1", "--port", str(self.port), "--router", self.router,
                "--store", self.store, "--shop-db", str(self.shop_db), "--log-level", "warning", *self.extra]

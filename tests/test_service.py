@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from .service_support import (  # noqa: F401
+    AUTH,
     REDIS_BIN,
     RedisServer,
     Service,
@@ -33,7 +34,7 @@ def service(tmp_path_factory, shop_db_path):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def client(service):
-    with httpx.Client(base_url=service.url, timeout=30) as c:
+    with httpx.Client(base_url=service.url, timeout=30, headers=AUTH) as c:
         yield c
 
 
@@ -263,7 +264,7 @@ MESSAGES = ["where is my order 10002", "and when will it get here?", "do you hav
 async def _client_run(base_urls: list[str], n_clients: int, n_messages: int) -> dict[str, list[dict]]:
     """n_clients conversations, each sending n_messages one after the other; requests alternate between servers."""
     limits = httpx.Limits(max_connections=n_clients, max_keepalive_connections=n_clients)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers=AUTH) as http:
         async def one_client(k: int) -> tuple[str, list[dict]]:
             base = base_urls[k % len(base_urls)]
             r = await http.post(f"{base}/v1/conversations", json={"metadata": {"client": k}})
@@ -283,7 +284,7 @@ async def _client_run(base_urls: list[str], n_clients: int, n_messages: int) -> 
 
 
 def _check_no_lost_or_duplicated(base_url: str, sent: dict[str, list[dict]], n_messages: int) -> None:
-    with httpx.Client(base_url=base_url, timeout=30) as c:
+    with httpx.Client(base_url=base_url, timeout=30, headers=AUTH) as c:
         for cid, acks in sent.items():
             conv = c.get(f"/v1/conversations/{cid}").json()
             assert conv["turn_count"] == n_messages, (cid, conv["turn_count"])
@@ -309,7 +310,7 @@ def test_two_replicas_share_one_redis(tmp_path, shop_db_path, redis_server):  # 
     b = Service(redis_server.url, shop_file, tmp_path / "b").start()
     try:
         assert httpx.get(a.url + "/healthz").json()["durable"] is True
-        ca, cb = httpx.Client(base_url=a.url, timeout=30), httpx.Client(base_url=b.url, timeout=30)
+        ca, cb = httpx.Client(base_url=a.url, timeout=30, headers=AUTH), httpx.Client(base_url=b.url, timeout=30, headers=AUTH)
         cid = ca.post("/v1/conversations", json={"customer_id": 5}).json()["id"]
         t1 = say(cb, cid, "where is my order?")  # replica b sees the conversation a created
         assert t1["reply"]["missing"] == ["order_id"]
@@ -330,7 +331,7 @@ def test_two_replicas_share_one_redis(tmp_path, shop_db_path, redis_server):  # 
 
 def _hammer_until_killed(svc: Service, stop_after: int, kill) -> tuple[list[str], list[dict], list[tuple]]:
     """8 clients send messages (each with a message id) until `kill()` runs after `stop_after` acknowledgements."""
-    with httpx.Client(base_url=svc.url, timeout=30) as c:
+    with httpx.Client(base_url=svc.url, timeout=30, headers=AUTH) as c:
         cids = [c.post("/v1/conversations").json()["id"] for _ in range(8)]
     acked: list[dict] = []
     unacked: list[tuple] = []
@@ -338,7 +339,7 @@ def _hammer_until_killed(svc: Service, stop_after: int, kill) -> tuple[list[str]
     killed = threading.Event()
 
     def worker(k: int):
-        with httpx.Client(base_url=svc.url, timeout=10) as c:
+        with httpx.Client(base_url=svc.url, timeout=10, headers=AUTH) as c:
             for j in range(10_000):
                 if killed.is_set():
                     return
@@ -373,7 +374,7 @@ def _hammer_until_killed(svc: Service, stop_after: int, kill) -> tuple[list[str]
 def _check_after_restart(svc: Service, cids: list[str], acked: list[dict], unacked: list[tuple]) -> None:
     # nothing but connection errors from the kill (or 503: the store went away under a live server)
     assert all(len(u) == 3 or u[3] == 503 for u in unacked), unacked
-    with httpx.Client(base_url=svc.url, timeout=30) as c:
+    with httpx.Client(base_url=svc.url, timeout=30, headers=AUTH) as c:
         for u in unacked:  # the client retries what was in flight, with the same message id
             r = c.post(f"/v1/conversations/{u[0]}/messages", json={"text": u[2], "message_id": u[1]})
             assert r.status_code == 200
@@ -444,7 +445,7 @@ def test_serve_with_a_named_router(tmp_path, shop_db_path):  # noqa: F811
     svc = Service(f"sqlite:///{tmp_path / 'c.sqlite3'}", copy_shop(shop_db_path, tmp_path / "shop"), tmp_path,
                   router="rules").start()
     try:
-        with httpx.Client(base_url=svc.url, timeout=30) as c:
+        with httpx.Client(base_url=svc.url, timeout=30, headers=AUTH) as c:
             assert c.get("/healthz").json()["router"] == "rules"
             cid = c.post("/v1/conversations").json()["id"]
             first = say(c, cid, "where is my order 10002")
@@ -492,7 +493,8 @@ def test_inference_runs_off_the_event_loop(tmp_path, shop_db_path):  # noqa: F81
         results = []
 
         def slow():
-            results.append(httpx.post(svc.url + "/v1/route", json={"text": "my card was declined"}, timeout=30))
+            results.append(httpx.post(svc.url + "/v1/route", json={"text": "my card was declined"}, timeout=30,
+                                      headers=AUTH))
 
         threads = [threading.Thread(target=slow) for _ in range(2)]
         for t in threads:
@@ -512,15 +514,19 @@ def test_inference_runs_off_the_event_loop(tmp_path, shop_db_path):  # noqa: F81
 def test_each_app_has_its_own_metrics_registry(tmp_path, shop_db_path):  # noqa: F811
     from fastapi.testclient import TestClient
 
+    from shoprouter.auth import AuthConfig, parse_env_keys
     from shoprouter.service import create_app
     from shoprouter.session import open_store
     from shoprouter.shop import ShopAgents, ShopDB
 
+    from .service_support import TEST_KEY
     from .support_router import KeywordTestRouter
 
     agents = ShopAgents(ShopDB(copy_shop(shop_db_path, tmp_path / "shop")))
-    apps = [create_app(KeywordTestRouter(), open_store(str(tmp_path / f"c{i}.sqlite3")), agents) for i in range(2)]
-    a, b = TestClient(apps[0]), TestClient(apps[1])
+    auth = AuthConfig(parse_env_keys(TEST_KEY))
+    apps = [create_app(KeywordTestRouter(), open_store(str(tmp_path / f"c{i}.sqlite3")), agents, auth=auth)
+            for i in range(2)]
+    a, b = TestClient(apps[0], headers=AUTH), TestClient(apps[1], headers=AUTH)
     for _ in range(3):
         assert a.post("/v1/route", json={"text": "my card was declined"}).status_code == 200
     line = 'shoprouter_decisions_total{decision="payment",source="route"}'

@@ -15,7 +15,11 @@
    hands the conversation to a human (`repeated_clarification`), and so does a `none` decision
    (`out_of_scope`, or `low_confidence` when the router wasn't sure of that either). A hand-off stores a
    record with the transcript and the reason; later messages are kept for the human and not answered by agents.
-4. The turn, the conversation's new state and any hand-off are written in one atomic store operation that
+4. A human takes a handed-off conversation from the console: `reply()` stores the human's message as a turn
+   (`role="human"`, never routed and never part of the router's history), `resolve()` closes the hand-off
+   (the agents answer the conversation's next message again) and `correct()` stores the right routing label
+   for any customer turn (exported as training rows by `shoprouter data export-corrections`).
+5. The turn, the conversation's new state and any hand-off are written in one atomic store operation that
    checks nobody else wrote in between (optimistic concurrency; on a conflict the message is processed
    again against the fresh conversation). A message id sent twice returns the stored turn, not a copy.
 """
@@ -30,13 +34,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .agents import CLARIFY, NONE
+from .errors import InputError
 from .router import Decision, Router
 from .rows import Turn, validate_text
 from .session import (
+    CUSTOMER,
     HANDED_OFF,
+    HUMAN,
+    HUMAN_DECISION,
+    OPEN,
+    RESOLVED,
     ConflictError,
     Conversation,
     ConversationStore,
+    Correction,
     Handoff,
     TurnRecord,
     check_id,
@@ -171,6 +182,8 @@ class ConversationManager:
             received = now_iso()
             start = time.perf_counter()
             turn, state, status, handoff = self._process(conv, text, mid)
+            if conv.status == RESOLVED and status is None:
+                status = OPEN  # the customer wrote again after a human resolved the hand-off
             turn.received_at = received
             turn.latency_ms = round((time.perf_counter() - start) * 1000, 2)
             try:
@@ -187,12 +200,37 @@ class ConversationManager:
             return MessageResult(conversation_id, stored, True, final_status, handoff)
         raise ConflictError(f"conversation {conversation_id} is busy: too many concurrent messages, try again")
 
+    # ------------------------------------------------------------------------------- the human support desk
+    def reply(self, conversation_id: str, text: str, author: str | None = None,
+              message_id: str | None = None) -> tuple[TurnRecord, bool]:
+        """Store a human's reply to the customer as a turn (role `human`); (turn, created)."""
+        text = validate_text(text)
+        mid = check_id(message_id, "message id") if message_id is not None else new_id()
+        ts = now_iso()
+        turn = TurnRecord(seq=None, message_id=mid, text=text, decision=HUMAN_DECISION, confidence=1.0,
+                          reason="human_reply", received_at=ts, role=HUMAN, author=author)
+        return self.store.append_turn(conversation_id, turn)  # no expected_seq: it goes after whatever is there
+
+    def resolve(self, conversation_id: str, author: str | None = None) -> list[Handoff]:
+        """Close the conversation's open hand-offs; the agents answer its next message again."""
+        return self.store.resolve_handoffs(conversation_id, author)
+
+    def correct(self, conversation_id: str, seq: int, label: str, author: str | None = None,
+                note: str = "") -> Correction:
+        """Store the right routing label for a customer turn (the newest correction of a turn counts)."""
+        if label not in self.router.labels:
+            raise InputError(f"unknown label {label!r}; choose one of: {', '.join(self.router.labels)}")
+        return self.store.set_correction(Correction(conversation_id, int(seq), label, "", author, now_iso(), note))
+
+    def delete(self, conversation_id: str) -> bool:
+        return self.store.delete(conversation_id)
+
     # --------------------------------------------------------------------------------------- the logic
     def _process(self, conv: Conversation, text: str, mid: str):
         state = {"last_agent": None, "clarify_streak": 0, "pending": None, "slots": {},
                  **{k: v for k, v in conv.state.items()}}
         state["slots"] = dict(state.get("slots") or {})
-        history = [Turn(t.text, t.decision) for t in conv.turns]
+        history = [Turn(t.text, t.decision) for t in conv.turns if t.role == CUSTOMER]
         step = self._decide(text, history, state)
         d = step.router
         turn = TurnRecord(seq=None, message_id=mid, text=text, decision=step.decision,
@@ -363,10 +401,10 @@ class ConversationManager:
 
     def _handoff(self, conv: Conversation, turn: TurnRecord, reason: str) -> Handoff:
         full = self.store.get(conv.id)
-        transcript = [{"seq": t.seq, "text": t.text, "decision": t.decision, "confidence": t.confidence,
-                       "reply": (t.reply or {}).get("text")} for t in full.turns]
-        transcript.append({"seq": None, "text": turn.text, "decision": turn.decision, "confidence": turn.confidence,
-                           "reply": None})
+        transcript = [{"seq": t.seq, "role": t.role, "text": t.text, "decision": t.decision,
+                       "confidence": t.confidence, "reply": (t.reply or {}).get("text")} for t in full.turns]
+        transcript.append({"seq": None, "role": CUSTOMER, "text": turn.text, "decision": turn.decision,
+                           "confidence": turn.confidence, "reply": None})
         return Handoff(id=new_id(), conversation_id=conv.id, reason=reason, seq=None, created_at=now_iso(),
                        customer_id=conv.customer_id, transcript=transcript, note=HANDOFF_NOTES[reason])
 

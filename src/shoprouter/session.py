@@ -15,6 +15,11 @@ writing a message id twice returns the turn stored the first time (`created=Fals
 `append_turn(..., expected_seq=n)` is optimistic concurrency: it fails with `ConflictError` when someone
 else appended to the conversation after the caller read it (the caller re-reads and tries again).
 
+The support desk (the web console) adds: listing and searching conversations, replies by a human (stored
+as turns with `role="human"`), resolving a hand-off, corrections of a turn's routing label (the training
+data of the feedback loop), erasing a conversation with everything that refers to it, and deleting the
+conversations whose last activity is older than a retention cut-off.
+
 Store URLs (`open_store`): `sqlite:///relative.db`, `sqlite:////absolute/path.db`, a plain file path, or
 `redis://[:password@]host:port/db` (`rediss://` for TLS; `?prefix=NAME:` sets the key prefix).
 """
@@ -38,7 +43,10 @@ from .errors import InputError, ShopRouterError
 
 log = logging.getLogger(__name__)
 
-OPEN, HANDED_OFF = "open", "handed_off"
+OPEN, HANDED_OFF, RESOLVED = "open", "handed_off", "resolved"
+STATUSES = (OPEN, HANDED_OFF, RESOLVED)
+CUSTOMER, HUMAN = "customer", "human"  # who wrote a turn: the customer (routed) or a human support agent
+HUMAN_DECISION = "human"  # the decision stored for a human's turn (never routed, never a training label)
 HANDOFF_REASONS = ("out_of_scope", "repeated_clarification", "low_confidence")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
@@ -85,6 +93,8 @@ class TurnRecord:
     created_at: str = ""
     latency_ms: float | None = None
     meta: dict = field(default_factory=dict)
+    role: str = CUSTOMER  # customer | human (a support agent's reply from the console)
+    author: str | None = None  # the human who wrote it (role human)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -109,6 +119,9 @@ class Handoff:
     customer_id: int | None = None
     transcript: list[dict] = field(default_factory=list)
     note: str = ""
+    status: str = "open"  # open (in the human queue) | resolved
+    resolved_at: str | None = None
+    resolved_by: str | None = None
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -116,6 +129,27 @@ class Handoff:
 
     @classmethod
     def from_dict(cls, obj: dict) -> Handoff:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in names})
+
+
+@dataclass
+class Correction:
+    """A human's routing label for one customer turn (the newest one counts): training data for the router."""
+
+    conversation_id: str
+    seq: int
+    label: str
+    previous: str  # the decision the service made for the turn
+    author: str | None = None
+    created_at: str = ""
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, obj: dict) -> Correction:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in obj.items() if k in names})
 
@@ -132,13 +166,20 @@ class Conversation:
     meta: dict = field(default_factory=dict)
     turns: list[TurnRecord] = field(default_factory=list)
     handoffs: list[Handoff] = field(default_factory=list)
+    corrections: dict[int, Correction] = field(default_factory=dict)  # by turn seq
 
     def to_dict(self, include_state: bool = True) -> dict:
+        turns = []
+        for t in self.turns:
+            d = t.to_dict()
+            c = self.corrections.get(t.seq) if t.seq is not None else None
+            d["correction"] = None if c is None else c.to_dict()
+            turns.append(d)
         out = {
             "id": self.id, "created_at": self.created_at, "updated_at": self.updated_at,
             "status": self.status, "customer_id": self.customer_id, "turn_count": self.turn_count,
             "meta": self.meta,
-            "turns": [t.to_dict() for t in self.turns],
+            "turns": turns,
             "handoffs": [h.to_dict() for h in self.handoffs],
         }
         if include_state:
@@ -181,8 +222,48 @@ class ConversationStore(ABC):
         """The turn stored under a message id, if any."""
 
     @abstractmethod
-    def list_handoffs(self, limit: int = 100) -> list[Handoff]:
-        """The most recent hand-offs, newest first."""
+    def list_handoffs(self, limit: int = 100, status: str | None = None, oldest_first: bool = False) -> list[Handoff]:
+        """Hand-offs, newest first (or oldest first), all or only those with `status` (open / resolved)."""
+
+    # ------------------------------------------------------------------ the support desk (web console)
+    @abstractmethod
+    def list_conversations(self, limit: int = 50, offset: int = 0, status: str | None = None,
+                           query: str | None = None) -> tuple[list[dict], int]:
+        """Conversation summaries, most recently active first, and how many match.
+
+        `query` matches (case-insensitively) a part of the id, the customer id, or the text of any turn.
+        A summary: id, created_at, updated_at, status, customer_id, turn_count, meta, last_text,
+        last_decision, last_role.
+        """
+
+    @abstractmethod
+    def resolve_handoffs(self, conversation_id: str, by: str | None = None) -> list[Handoff]:
+        """Mark the conversation's open hand-offs resolved (and a handed-off conversation `resolved`, so the
+        agents answer its next message again). Returns the hand-offs it resolved; NotFoundError."""
+
+    @abstractmethod
+    def set_correction(self, correction: Correction) -> Correction:
+        """Store a human's label for a turn (replacing an earlier one). NotFoundError when the conversation
+        or the turn does not exist."""
+
+    @abstractmethod
+    def list_corrections(self, limit: int | None = None) -> list[Correction]:
+        """Every correction, oldest first."""
+
+    @abstractmethod
+    def delete(self, conversation_id: str) -> bool:
+        """Erase a conversation, its turns, hand-offs and corrections. False when it did not exist."""
+
+    @abstractmethod
+    def conversations_older_than(self, cutoff: str) -> list[str]:
+        """Ids of the conversations whose last activity (`updated_at`) is before `cutoff` (ISO 8601 UTC)."""
+
+    def purge_older_than(self, cutoff: str) -> int:
+        """Erase every conversation last active before `cutoff`; returns how many were erased."""
+        n = 0
+        for cid in self.conversations_older_than(cutoff):
+            n += bool(self.delete(cid))
+        return n
 
     @abstractmethod
     def ping(self) -> bool:
@@ -238,7 +319,46 @@ CREATE TABLE IF NOT EXISTS handoffs (
 );
 CREATE INDEX IF NOT EXISTS handoffs_by_conversation ON handoffs(conversation_id, created_at);
 CREATE INDEX IF NOT EXISTS handoffs_by_time ON handoffs(created_at);
+CREATE TABLE IF NOT EXISTS corrections (
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    seq INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, seq)
+);
+CREATE INDEX IF NOT EXISTS corrections_by_time ON corrections(created_at);
+CREATE INDEX IF NOT EXISTS conversations_by_update ON conversations(updated_at);
 """
+# Columns added after the first release (added to an older file on open).
+_MIGRATIONS = (("handoffs", "status", "ALTER TABLE handoffs ADD COLUMN status TEXT NOT NULL DEFAULT 'open'"),)
+_POST_MIGRATION = "CREATE INDEX IF NOT EXISTS handoffs_by_status ON handoffs(status, created_at)"
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere (with \\ as the escape character)."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def summary_of(conv: Conversation, last: TurnRecord | None) -> dict:
+    """What the conversation list shows for one conversation."""
+    return {"id": conv.id, "created_at": conv.created_at, "updated_at": conv.updated_at, "status": conv.status,
+            "customer_id": conv.customer_id, "turn_count": conv.turn_count, "meta": conv.meta,
+            "last_text": None if last is None else last.text,
+            "last_decision": None if last is None else last.decision,
+            "last_role": None if last is None else last.role}
+
+
+def iso_days_ago(days: float, now: datetime | None = None) -> str:
+    """The ISO 8601 UTC time `days` before now (the retention cut-off)."""
+    from datetime import timedelta
+
+    t = (now or datetime.now(timezone.utc)) - timedelta(days=days)
+    return t.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso_to_ms(ts: str) -> int:
+    return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 class SQLiteStore(ConversationStore):
@@ -260,6 +380,10 @@ class SQLiteStore(ConversationStore):
         with self._write() as db:
             for stmt in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(stmt)
+            for table, column, ddl in _MIGRATIONS:
+                if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(ddl)
+            db.execute(_POST_MIGRATION)
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
@@ -274,6 +398,7 @@ class SQLiteStore(ConversationStore):
                 raise ShopRouterError(f"could not put {self.path} in WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA secure_delete=ON")  # erased conversations are overwritten, not just unlinked
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -337,6 +462,9 @@ class SQLiteStore(ConversationStore):
             conv.handoffs = [Handoff.from_dict(json.loads(r[0])) for r in db.execute(
                 "SELECT data FROM handoffs WHERE conversation_id = ? ORDER BY created_at, rowid",
                 (conversation_id,)).fetchall()]
+            for (raw,) in db.execute("SELECT data FROM corrections WHERE conversation_id = ?", (conversation_id,)):
+                c = Correction.from_dict(json.loads(raw))
+                conv.corrections[c.seq] = c
         return conv
 
     def append_turn(self, conversation_id, turn, *, state=None, status=None, handoff=None, expected_seq=None):
@@ -369,9 +497,9 @@ class SQLiteStore(ConversationStore):
             db.execute(f"UPDATE conversations SET {', '.join(sets)} WHERE id = ?", (*args, conversation_id))
             if handoff is not None:
                 h = Handoff.from_dict({**handoff.to_dict(), "seq": seq, "created_at": handoff.created_at or ts})
-                db.execute("INSERT INTO handoffs (id, conversation_id, seq, reason, created_at, data) "
-                           "VALUES (?, ?, ?, ?, ?, ?)",
-                           (h.id, conversation_id, seq, h.reason, h.created_at, _dumps(h.to_dict())))
+                db.execute("INSERT INTO handoffs (id, conversation_id, seq, reason, created_at, data, status) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (h.id, conversation_id, seq, h.reason, h.created_at, _dumps(h.to_dict()), h.status))
         return stored, True
 
     def find_turn(self, conversation_id, message_id):
@@ -380,11 +508,99 @@ class SQLiteStore(ConversationStore):
                              (conversation_id, message_id)).fetchone()
         return None if row is None else TurnRecord.from_dict(json.loads(row[0]))
 
-    def list_handoffs(self, limit=100):
+    def list_handoffs(self, limit=100, status=None, oldest_first=False):
+        order = "ASC" if oldest_first else "DESC"
+        where, args = ("WHERE status = ?", [status]) if status else ("", [])
         with self._read() as db:
-            rows = db.execute("SELECT data FROM handoffs ORDER BY created_at DESC, rowid DESC LIMIT ?",
-                              (int(limit),)).fetchall()
+            rows = db.execute(f"SELECT data FROM handoffs {where} ORDER BY created_at {order}, rowid {order} LIMIT ?",
+                              (*args, int(limit))).fetchall()
         return [Handoff.from_dict(json.loads(r[0])) for r in rows]
+
+    def list_conversations(self, limit=50, offset=0, status=None, query=None):
+        where, args = [], []
+        if status:
+            where.append("c.status = ?")
+            args.append(status)
+        q = (query or "").strip()
+        if q:
+            pat = _like(q)
+            where.append("(c.id LIKE ? ESCAPE '\\' OR CAST(c.customer_id AS TEXT) = ? OR EXISTS (SELECT 1 FROM turns t "
+                         "WHERE t.conversation_id = c.id AND t.text LIKE ? ESCAPE '\\'))")
+            args += [pat, q, pat]
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        with self._read() as db:
+            total = db.execute(f"SELECT COUNT(*) FROM conversations c {clause}", args).fetchone()[0]
+            rows = db.execute(
+                "SELECT c.id, c.created_at, c.updated_at, c.status, c.customer_id, c.turn_count, c.state, c.meta, "
+                "(SELECT data FROM turns t WHERE t.conversation_id = c.id AND t.seq = c.turn_count) "
+                f"FROM conversations c {clause} ORDER BY c.updated_at DESC, c.rowid DESC LIMIT ? OFFSET ?",
+                (*args, int(limit), int(offset))).fetchall()
+        out = []
+        for row in rows:
+            conv = self._conversation(row[:8])
+            last = TurnRecord.from_dict(json.loads(row[8])) if row[8] else None
+            out.append(summary_of(conv, last))
+        return out, int(total)
+
+    def resolve_handoffs(self, conversation_id, by=None):
+        ts = now_iso()
+        done = []
+        with self._write() as db:
+            row = db.execute("SELECT status FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"conversation {conversation_id} not found")
+            for hid, raw in db.execute("SELECT id, data FROM handoffs WHERE conversation_id = ? AND status = 'open' "
+                                       "ORDER BY created_at, rowid", (conversation_id,)).fetchall():
+                h = Handoff.from_dict(json.loads(raw))
+                h.status, h.resolved_at, h.resolved_by = RESOLVED, ts, by
+                db.execute("UPDATE handoffs SET status = ?, data = ? WHERE id = ?", (RESOLVED, _dumps(h.to_dict()), hid))
+                done.append(h)
+            if row[0] == HANDED_OFF:
+                db.execute("UPDATE conversations SET status = ?, updated_at = ? WHERE id = ?",
+                           (RESOLVED, ts, conversation_id))
+        return done
+
+    def set_correction(self, correction):
+        c = Correction.from_dict(correction.to_dict())
+        c.created_at = c.created_at or now_iso()
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM conversations WHERE id = ?", (c.conversation_id,)).fetchone() is None:
+                raise NotFoundError(f"conversation {c.conversation_id} not found")
+            row = db.execute("SELECT data FROM turns WHERE conversation_id = ? AND seq = ?",
+                             (c.conversation_id, int(c.seq))).fetchone()
+            if row is None:
+                raise NotFoundError(f"conversation {c.conversation_id} has no turn {c.seq}")
+            t = TurnRecord.from_dict(json.loads(row[0]))
+            if t.role != CUSTOMER:
+                raise InputError(f"turn {c.seq} was written by a {t.role}; only customer turns have a routing label")
+            c.previous = t.decision
+            db.execute("INSERT OR REPLACE INTO corrections (conversation_id, seq, label, created_at, data) "
+                       "VALUES (?, ?, ?, ?, ?)", (c.conversation_id, int(c.seq), c.label, c.created_at,
+                                                  _dumps(c.to_dict())))
+        return c
+
+    def list_corrections(self, limit=None):
+        with self._read() as db:
+            rows = db.execute("SELECT data FROM corrections ORDER BY created_at, rowid LIMIT ?",
+                              (-1 if limit is None else int(limit),)).fetchall()
+        return [Correction.from_dict(json.loads(r[0])) for r in rows]
+
+    def delete(self, conversation_id):
+        with self._write() as db:
+            for table in ("corrections", "turns", "handoffs"):
+                db.execute(f"DELETE FROM {table} WHERE conversation_id = ?", (conversation_id,))
+            gone = db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount > 0
+        if gone:
+            try:  # move the erased pages out of the write-ahead log too (best effort: readers may hold it)
+                self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error:  # pragma: no cover
+                pass
+        return gone
+
+    def conversations_older_than(self, cutoff):
+        with self._read() as db:
+            return [r[0] for r in db.execute("SELECT id FROM conversations WHERE updated_at < ? ORDER BY updated_at",
+                                             (cutoff,)).fetchall()]
 
     def ping(self) -> bool:
         try:
@@ -413,9 +629,14 @@ class SQLiteStore(ConversationStore):
 
 # ---------------------------------------------------------------------------------------------------- Redis
 
-# KEYS: 1 conversation hash, 2 turns list, 3 message-id -> seq hash, 4 hand-offs list, 5 global hand-offs list
+# Keys of one conversation share the hash tag {id}. Global indexes (sorted sets, score = time in ms):
+# conversations (id by last activity), handoff_index (every hand-off, "id|handoff id"), handoff_open (the
+# human queue), corrections ("id|seq").
+# KEYS: 1 conversation hash, 2 turns list, 3 message-id -> seq hash, 4 hand-offs list, 5 handoff_index,
+# 6 conversations, 7 handoff_open
 # ARGV: 1 message id, 2 expected seq ('' = any), 3 turn JSON starting with '{"seq": null, ', 4 state JSON
-# ('' = keep), 5 status ('' = keep), 6 hand-off JSON starting with '{"seq": null' ('' = none), 7 time
+# ('' = keep), 5 status ('' = keep), 6 hand-off JSON starting with '{"seq": null' ('' = none), 7 time,
+# 8 time in ms, 9 conversation id, 10 hand-off id
 _APPEND_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local old = redis.call('HGET', KEYS[3], ARGV[1])
@@ -427,22 +648,75 @@ local turn = (string.gsub(ARGV[3], '^{"seq": null, ', '{"seq": ' .. seq .. ', ',
 redis.call('RPUSH', KEYS[2], turn)
 redis.call('HSET', KEYS[3], ARGV[1], seq)
 redis.call('HSET', KEYS[1], 'turn_count', seq, 'updated_at', ARGV[7])
+redis.call('ZADD', KEYS[6], ARGV[8], ARGV[9])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'state', ARGV[4]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[5]) end
 if ARGV[6] ~= '' then
   local h = (string.gsub(ARGV[6], '^{"seq": null, ', '{"seq": ' .. seq .. ', ', 1))
   redis.call('RPUSH', KEYS[4], h)
-  redis.call('LPUSH', KEYS[5], h)
+  redis.call('ZADD', KEYS[5], ARGV[8], ARGV[9] .. '|' .. ARGV[10])
+  redis.call('ZADD', KEYS[7], ARGV[8], ARGV[9] .. '|' .. ARGV[10])
 end
 return {'ok', turn}
 """
 
+# KEYS: 1 conversation hash, 2 conversations index; ARGV: 1 id, 2 time, 3 customer id, 4 meta, 5 time in ms
 _CREATE_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'created_at', ARGV[2], 'updated_at', ARGV[2], 'status', 'open',
            'customer_id', ARGV[3], 'turn_count', 0, 'state', '{}', 'meta', ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
 return 1
 """
+
+# KEYS: 1 conversation hash, 2 hand-offs list, 3 hand-off state hash, 4 handoff_open, 5 conversations
+# ARGV: 1 id, 2 resolution JSON, 3 time, 4 time in ms
+_RESOLVE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local out = {'ok'}
+for _, raw in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  local hid = cjson.decode(raw)['id']
+  if redis.call('HEXISTS', KEYS[3], hid) == 0 then
+    redis.call('HSET', KEYS[3], hid, ARGV[2])
+    redis.call('ZREM', KEYS[4], ARGV[1] .. '|' .. hid)
+    table.insert(out, raw)
+  end
+end
+if redis.call('HGET', KEYS[1], 'status') == 'handed_off' then
+  redis.call('HSET', KEYS[1], 'status', 'resolved', 'updated_at', ARGV[3])
+  redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1])
+end
+return out
+"""
+
+# KEYS: 1 conversation hash, 2 turns list, 3 corrections hash, 4 corrections index
+# ARGV: 1 seq, 2 correction JSON, 3 time in ms, 4 conversation id
+_CORRECT_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
+if redis.call('LLEN', KEYS[2]) < tonumber(ARGV[1]) then return 'noturn' end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4] .. '|' .. ARGV[1])
+return 'ok'
+"""
+
+# KEYS: 1 conversation hash, 2 turns, 3 message ids, 4 hand-offs, 5 hand-off states, 6 corrections,
+# 7 conversations, 8 handoff_index, 9 handoff_open, 10 corrections index; ARGV: 1 id
+_DELETE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for _, raw in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+  local hid = cjson.decode(raw)['id']
+  redis.call('ZREM', KEYS[8], ARGV[1] .. '|' .. hid)
+  redis.call('ZREM', KEYS[9], ARGV[1] .. '|' .. hid)
+end
+for _, seq in ipairs(redis.call('HKEYS', KEYS[6])) do
+  redis.call('ZREM', KEYS[10], ARGV[1] .. '|' .. seq)
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('ZREM', KEYS[7], ARGV[1])
+return 1
+"""
+
+SCAN_LIMIT = 20_000  # conversations a filtered Redis listing looks at (newest first)
 
 
 class RedisStore(ConversationStore):
@@ -459,6 +733,9 @@ class RedisStore(ConversationStore):
                                                 socket_timeout=15, health_check_interval=30)
         self._append = self.r.register_script(_APPEND_LUA)
         self._create = self.r.register_script(_CREATE_LUA)
+        self._resolve = self.r.register_script(_RESOLVE_LUA)
+        self._correct = self.r.register_script(_CORRECT_LUA)
+        self._delete = self.r.register_script(_DELETE_LUA)
         try:
             self.r.ping()
         except redis.RedisError as exc:
@@ -469,41 +746,74 @@ class RedisStore(ConversationStore):
                         "turn can be lost if Redis crashes; set appendonly yes and appendfsync always",
                         self.url, info.get("appendonly"), info.get("appendfsync"))
 
-    def _keys(self, cid: str) -> list[str]:
+    def _k(self, cid: str) -> dict[str, str]:
         base = f"{self.prefix}conv:{{{cid}}}"
-        return [base, base + ":turns", base + ":msg", base + ":handoffs", f"{self.prefix}handoffs"]
+        p = self.prefix
+        return {"conv": base, "turns": base + ":turns", "msg": base + ":msg", "handoffs": base + ":handoffs",
+                "hstate": base + ":hstate", "corrections": base + ":corrections",
+                "conversations": p + "conversations", "handoff_index": p + "handoff_index",
+                "handoff_open": p + "handoff_open", "correction_index": p + "corrections"}
+
+    def _keys(self, cid: str) -> list[str]:
+        k = self._k(cid)
+        return [k["conv"], k["turns"], k["msg"], k["handoffs"], k["handoff_index"], k["conversations"],
+                k["handoff_open"]]
 
     def create(self, customer_id=None, meta=None, conversation_id=None) -> Conversation:
         cid = check_id(conversation_id, "conversation id") if conversation_id is not None else new_id()
         ts = now_iso()
         meta = dict(meta or {})
-        ok = self._create(keys=self._keys(cid)[:1],
-                          args=[cid, ts, "" if customer_id is None else str(int(customer_id)), _dumps(meta)])
+        k = self._k(cid)
+        ok = self._create(keys=[k["conv"], k["conversations"]],
+                          args=[cid, ts, "" if customer_id is None else str(int(customer_id)), _dumps(meta),
+                                iso_to_ms(ts)])
         if not ok:
             raise ConflictError(f"conversation {cid} already exists")
         return Conversation(cid, ts, ts, OPEN, customer_id, 0, {}, meta)
 
-    def get(self, conversation_id, turns=None) -> Conversation:
-        k = self._keys(conversation_id)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hgetall(k[0])
-        if turns is None:
-            pipe.lrange(k[1], 0, -1)
-        elif turns > 0:
-            pipe.lrange(k[1], -turns, -1)
-        else:
-            pipe.echo("")
-        pipe.lrange(k[3], 0, -1)
-        h, raw_turns, raw_handoffs = pipe.execute()
-        if not h:
-            raise NotFoundError(f"conversation {conversation_id} not found")
-        conv = Conversation(id=h["id"], created_at=h["created_at"], updated_at=h["updated_at"], status=h["status"],
+    @staticmethod
+    def _from_hash(h: dict) -> Conversation:
+        return Conversation(id=h["id"], created_at=h["created_at"], updated_at=h["updated_at"], status=h["status"],
                             customer_id=int(h["customer_id"]) if h.get("customer_id") else None,
                             turn_count=int(h["turn_count"]), state=json.loads(h.get("state") or "{}"),
                             meta=json.loads(h.get("meta") or "{}"))
+
+    @staticmethod
+    def _handoffs(raw_list: list[str], states: dict) -> list[Handoff]:
+        out = []
+        for x in raw_list:
+            h = Handoff.from_dict(json.loads(x))
+            st = states.get(h.id)
+            if st:
+                d = json.loads(st)
+                h.status, h.resolved_at, h.resolved_by = d.get("status", RESOLVED), d.get("resolved_at"), d.get(
+                    "resolved_by")
+            out.append(h)
+        return out
+
+    def get(self, conversation_id, turns=None) -> Conversation:
+        k = self._k(conversation_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hgetall(k["conv"])
+        if turns is None:
+            pipe.lrange(k["turns"], 0, -1)
+        elif turns > 0:
+            pipe.lrange(k["turns"], -turns, -1)
+        else:
+            pipe.echo("")
+        pipe.lrange(k["handoffs"], 0, -1)
+        pipe.hgetall(k["hstate"])
+        pipe.hgetall(k["corrections"])
+        h, raw_turns, raw_handoffs, states, corrections = pipe.execute()
+        if not h:
+            raise NotFoundError(f"conversation {conversation_id} not found")
+        conv = self._from_hash(h)
         if isinstance(raw_turns, list):
             conv.turns = [TurnRecord.from_dict(json.loads(t)) for t in raw_turns]
-        conv.handoffs = [Handoff.from_dict(json.loads(x)) for x in raw_handoffs]
+        conv.handoffs = self._handoffs(raw_handoffs, states)
+        for raw in corrections.values():
+            c = Correction.from_dict(json.loads(raw))
+            conv.corrections[c.seq] = c
         return conv
 
     def append_turn(self, conversation_id, turn, *, state=None, status=None, handoff=None, expected_seq=None):
@@ -518,7 +828,8 @@ class RedisStore(ConversationStore):
             hbody = _dumps(hd)
         res = self._append(keys=self._keys(conversation_id), args=[
             turn.message_id, "" if expected_seq is None else str(int(expected_seq)), _dumps(body),
-            "" if state is None else _dumps(state), status or "", hbody, ts])
+            "" if state is None else _dumps(state), status or "", hbody, ts, iso_to_ms(ts), conversation_id,
+            "" if handoff is None else handoff.id])
         tag = res[0]
         if tag == "missing":
             raise NotFoundError(f"conversation {conversation_id} not found")
@@ -527,15 +838,130 @@ class RedisStore(ConversationStore):
         return TurnRecord.from_dict(json.loads(res[1])), tag == "ok"
 
     def find_turn(self, conversation_id, message_id):
-        k = self._keys(conversation_id)
-        seq = self.r.hget(k[2], message_id)
+        k = self._k(conversation_id)
+        seq = self.r.hget(k["msg"], message_id)
         if seq is None:
             return None
-        raw = self.r.lindex(k[1], int(seq) - 1)
+        raw = self.r.lindex(k["turns"], int(seq) - 1)
         return None if raw is None else TurnRecord.from_dict(json.loads(raw))
 
-    def list_handoffs(self, limit=100):
-        return [Handoff.from_dict(json.loads(x)) for x in self.r.lrange(f"{self.prefix}handoffs", 0, int(limit) - 1)]
+    def list_handoffs(self, limit=100, status=None, oldest_first=False):
+        index = f"{self.prefix}handoff_open" if status == OPEN else f"{self.prefix}handoff_index"
+        out: list[Handoff] = []
+        start, page = 0, 200
+        while len(out) < limit:
+            members = (self.r.zrange if oldest_first else self.r.zrevrange)(index, start, start + page - 1)
+            if not members:
+                break
+            start += page
+            pairs = [m.split("|", 1) for m in members]
+            pipe = self.r.pipeline(transaction=False)
+            for cid, _ in pairs:
+                k = self._k(cid)
+                pipe.lrange(k["handoffs"], 0, -1)
+                pipe.hgetall(k["hstate"])
+            res = pipe.execute()
+            for i, (_, hid) in enumerate(pairs):
+                for h in self._handoffs(res[2 * i], res[2 * i + 1]):
+                    if h.id == hid and (status is None or h.status == status):
+                        out.append(h)
+                        break
+                if len(out) >= limit:
+                    break
+        return out
+
+    def _summaries(self, cids: list[str], with_turns: bool) -> list[tuple[Conversation, TurnRecord | None, list]]:
+        pipe = self.r.pipeline(transaction=False)
+        for cid in cids:
+            k = self._k(cid)
+            pipe.hgetall(k["conv"])
+            if with_turns:
+                pipe.lrange(k["turns"], 0, -1)
+            else:
+                pipe.lrange(k["turns"], -1, -1)
+        res = pipe.execute()
+        out = []
+        for i in range(len(cids)):
+            h, raw = res[2 * i], res[2 * i + 1]
+            if not h:
+                continue
+            turns = [TurnRecord.from_dict(json.loads(t)) for t in raw]
+            out.append((self._from_hash(h), turns[-1] if turns else None, turns))
+        return out
+
+    def list_conversations(self, limit=50, offset=0, status=None, query=None):
+        index = f"{self.prefix}conversations"
+        q = (query or "").strip().casefold()
+        if not status and not q:
+            total = self.r.zcard(index)
+            cids = self.r.zrevrange(index, int(offset), int(offset) + int(limit) - 1)
+            return [summary_of(c, last) for c, last, _ in self._summaries(cids, False)], int(total)
+        matches = []
+        for start in range(0, SCAN_LIMIT, 200):
+            cids = self.r.zrevrange(index, start, start + 199)
+            if not cids:
+                break
+            for conv, last, turns in self._summaries(cids, bool(q)):
+                if status and conv.status != status:
+                    continue
+                if q and not (q in conv.id.casefold() or (conv.customer_id is not None and q == str(conv.customer_id))
+                              or any(q in t.text.casefold() for t in turns)):
+                    continue
+                matches.append(summary_of(conv, last))
+        return matches[int(offset):int(offset) + int(limit)], len(matches)
+
+    def resolve_handoffs(self, conversation_id, by=None):
+        k = self._k(conversation_id)
+        ts = now_iso()
+        res = self._resolve(keys=[k["conv"], k["handoffs"], k["hstate"], k["handoff_open"], k["conversations"]],
+                            args=[conversation_id, _dumps({"status": RESOLVED, "resolved_at": ts, "resolved_by": by}),
+                                  ts, iso_to_ms(ts)])
+        if res[0] == "missing":
+            raise NotFoundError(f"conversation {conversation_id} not found")
+        out = []
+        for raw in res[1:]:
+            h = Handoff.from_dict(json.loads(raw))
+            h.status, h.resolved_at, h.resolved_by = RESOLVED, ts, by
+            out.append(h)
+        return out
+
+    def set_correction(self, correction):
+        c = Correction.from_dict(correction.to_dict())
+        c.created_at = c.created_at or now_iso()
+        k = self._k(c.conversation_id)
+        raw = self.r.lindex(k["turns"], int(c.seq) - 1) if int(c.seq) >= 1 else None
+        if raw is None:
+            if not self.r.exists(k["conv"]):
+                raise NotFoundError(f"conversation {c.conversation_id} not found")
+            raise NotFoundError(f"conversation {c.conversation_id} has no turn {c.seq}")
+        t = TurnRecord.from_dict(json.loads(raw))
+        if t.role != CUSTOMER:
+            raise InputError(f"turn {c.seq} was written by a {t.role}; only customer turns have a routing label")
+        c.previous = t.decision
+        tag = self._correct(keys=[k["conv"], k["turns"], k["corrections"], k["correction_index"]],
+                            args=[int(c.seq), _dumps(c.to_dict()), iso_to_ms(c.created_at), c.conversation_id])
+        if tag == "missing":
+            raise NotFoundError(f"conversation {c.conversation_id} not found")
+        if tag == "noturn":  # pragma: no cover - turns are never removed one by one
+            raise NotFoundError(f"conversation {c.conversation_id} has no turn {c.seq}")
+        return c
+
+    def list_corrections(self, limit=None):
+        members = self.r.zrange(f"{self.prefix}corrections", 0, -1 if limit is None else int(limit) - 1)
+        pipe = self.r.pipeline(transaction=False)
+        for m in members:
+            cid, seq = m.split("|", 1)
+            pipe.hget(self._k(cid)["corrections"], seq)
+        return [Correction.from_dict(json.loads(raw)) for raw in pipe.execute() if raw]
+
+    def delete(self, conversation_id):
+        k = self._k(conversation_id)
+        return bool(self._delete(keys=[k["conv"], k["turns"], k["msg"], k["handoffs"], k["hstate"], k["corrections"],
+                                       k["conversations"], k["handoff_index"], k["handoff_open"],
+                                       k["correction_index"]], args=[conversation_id]))
+
+    def conversations_older_than(self, cutoff):
+        return list(self.r.zrangebyscore(f"{self.prefix}conversations", "-inf", f"({iso_to_ms(cutoff)}"))
 
     def ping(self) -> bool:
         import redis
