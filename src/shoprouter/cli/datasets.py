@@ -51,3 +51,48 @@ def generate(
     from rich.console import Console
 
     Console().print(_summary_table(card if isinstance(card, dict) else {}, out))
+
+
+@data_app.command("export-corrections")
+def export_corrections(
+    out: Path = typer.Option(..., "--out", "-o", help="JSONL file for the rows (text, label, history, group)."),
+    store: str | None = typer.Option(None, "--store", help="Conversation store URL (as for `shoprouter serve`; "
+                                     "default: the SQLite file in $SHOPROUTER_HOME or ~/.local/share/shoprouter)."),
+    train_set: Path | None = typer.Option(None, "--train-set", help="Also write a dataset directory for continued "
+                                          "training: the corrections (--repeat times) plus a replay sample of "
+                                          "--replay-from's train.jsonl, and its val.jsonl."),
+    replay_from: Path | None = typer.Option(None, "--replay-from", help="The original dataset directory."),
+    replay: int = typer.Option(400, "--replay", min=0, help="Original rows sampled into --train-set."),
+    repeat: int = typer.Option(4, "--repeat", min=1, help="Copies of each correction in --train-set."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the replay sample."),
+    as_json: bool = typer.Option(False, "--json", help="Print a summary as one JSON object."),
+) -> None:
+    """Write the routing labels humans corrected in the console as training rows (DESIGN.md data rows)."""
+    import json
+
+    from ..agents import default_registry
+    from ..feedback import correction_rows, write_train_set
+    from ..rows import write_rows
+    from ..session import open_store
+
+    if (train_set is None) != (replay_from is None):
+        raise ShopRouterError("--train-set and --replay-from go together")
+    labels = default_registry().labels
+    st = open_store(store)
+    try:
+        rows = correction_rows(st, labels)
+    finally:
+        st.close()
+    write_rows(rows, out)
+    summary: dict = {"rows": len(rows), "out": str(out), "store": st.url}
+    if train_set is not None:
+        summary["train_set"] = write_train_set(rows, replay_from, train_set, replay, repeat, seed, labels)
+    if as_json:
+        print(json.dumps(summary))
+        return
+    print(f"{len(rows)} correction(s) written to {out}")
+    if train_set is not None:
+        t = summary["train_set"]
+        print(f"training set in {train_set}: {t['corrections']} correction(s) x {t['repeat']} + {t['replayed']} "
+              f"replayed rows; continue training with\n  shoprouter train --data {train_set} --resume-from ADAPTER "
+              f"--out NEW_ADAPTER")
