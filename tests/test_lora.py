@@ -183,3 +183,21 @@ def test_int8_router_stays_close_to_float(tiny_adapter, tiny_base):
     for a, b in zip(exact, small, strict=True):
         assert abs(sum(b.scores.values()) - 1) < 1e-4
         assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 0.1
+
+
+def test_length_buckets_group_similar_lengths():
+    from shoprouter.lora import length_buckets
+
+    lengths = [5, 80, 6, 7, 81, 40, 5]
+    buckets = length_buckets(lengths, max_size=2)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    assert all(len(b) <= 2 for b in buckets)
+    for b in buckets:
+        assert max(lengths[i] for i in b) <= min(lengths[i] for i in b) * 1.25 + 4
+
+
+def test_temperature_changes_confidence_not_decision(tiny_engine):
+    enc = [tiny_engine.encode(t) for t in ("where is my order", "tell me a joke", "my card")]
+    cold, hot = tiny_engine.score(enc, 0.5), tiny_engine.score(enc, 3.0)
+    assert torch.equal(cold.argmax(-1), hot.argmax(-1))
+    assert (cold.max(-1).values >= hot.max(-1).values).all()

@@ -124,6 +124,7 @@ def evaluate(router: Router, rows: Sequence[Row], batch_size: int = DEFAULT_BATC
         "multi_turn": {"n": len(multi),
                        "accuracy": round(sum(y_pred[i] == y_true[i] for i in multi) / len(multi), 6) if multi else None},
         "clarify_threshold": router.clarify_threshold,
+        "top1_accuracy": round(sum(top_correct) / len(rows), 6),  # argmax of the scores, no threshold
         "low_confidence_clarify": sum(d.reason == "low_confidence" for d in decisions),
         "macro_f1_labels": present,
         "reliability": reliability_bins(conf, top_correct),
@@ -263,6 +264,7 @@ def compare(routers: Sequence[str], datasets: dict[str, Sequence[Row]], router_k
             res = evaluate(router, rows, batch_size=batch_size, latency_sample=latency_sample)
             table_rows.append({"router": name, "dataset": ds, "available": True, "n": res["n"],
                                "accuracy": res["accuracy"], "macro_f1": res["macro_f1"],
+                               "top1_accuracy": res["top1_accuracy"],
                                "p50_ms": res["latency_ms"]["p50"], "memory_mb": round(mem, 1),
                                "load_s": round(load_s, 2), "ece": res["ece"],
                                "multi_turn_accuracy": res["multi_turn"]["accuracy"]})
@@ -285,9 +287,9 @@ def print_compare(result: dict, console=None) -> None:
         console = Console()
         if not console.is_terminal:
             console = Console(width=max(console.width, 120))
-    table = Table(title="router comparison")
+    table = Table(title="router comparison (accuracy: with the clarify threshold; top-1: argmax of the scores)")
     for col, just in (("router", "left"), ("dataset", "left"), ("n", "right"), ("accuracy", "right"),
-                      ("macro-F1", "right"), ("p50 ms", "right"), ("memory MB", "right"), ("ECE", "right"),
+                      ("top-1 acc", "right"), ("macro-F1", "right"), ("p50 ms", "right"), ("memory MB", "right"), ("ECE", "right"),
                       ("load s", "right")):
         table.add_column(col, justify=just, no_wrap=True)
     reasons: dict[str, str] = {}
@@ -295,10 +297,10 @@ def print_compare(result: dict, console=None) -> None:
         if not r["available"]:
             reasons.setdefault(r["router"], r["reason"])
             table.add_row(escape(r["router"]), escape(r["dataset"]), "-", "[yellow]unavailable[/]", "-", "-", "-",
-                          "-", "-")
+                          "-", "-", "-")
             continue
         table.add_row(escape(r["router"]), escape(r["dataset"]), str(r["n"]), f"{r['accuracy']:.4f}",
-                      f"{r['macro_f1']:.4f}", f"{r['p50_ms']:.2f}", f"{r['memory_mb']:.1f}", f"{r['ece']:.3f}",
+                      f"{r['top1_accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['p50_ms']:.2f}", f"{r['memory_mb']:.1f}", f"{r['ece']:.3f}",
                       f"{r['load_s']:.1f}")
     console.print(table)
     for name, reason in reasons.items():

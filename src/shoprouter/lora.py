@@ -92,6 +92,18 @@ def compact_for_inference(engine, quantize: str | None) -> None:
     engine.clear_cache()
 
 
+def length_buckets(lengths: Sequence[int], max_size: int, slack: float = 1.25) -> list[list[int]]:
+    """Indices grouped by similar length (at most max_size each), so padding stays small in a batch."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets and len(buckets[-1]) < max_size and lengths[i] <= lengths[buckets[-1][0]] * slack + 4:
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    return buckets
+
+
 class LoraRouter(Router):
     """Routes with the fine-tuned model: a probability over every declared function from one forward pass."""
 
@@ -124,11 +136,9 @@ class LoraRouter(Router):
 
     def scores_batch(self, texts: Sequence[str], histories: Sequence[Sequence[Turn]]) -> list[dict[str, float]]:
         encoded = [self.engine.encode(t, h) for t, h in zip(texts, histories, strict=True)]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))  # bucket by length
         out: list[dict[str, float]] = [{} for _ in encoded]
         labels = self.engine.tree.labels
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+        for chunk in length_buckets([len(e.ids) for e in encoded], self.batch_size):
             probs = self.engine.score([encoded[i] for i in chunk], self.temperature).tolist()
             for i, row in zip(chunk, probs, strict=True):
                 out[i] = dict(zip(labels, row, strict=True))

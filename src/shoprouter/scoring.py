@@ -234,14 +234,18 @@ class Engine:
         return out, rows
 
     def label_log_probs(self, point_logits: torch.Tensor, rows: list[list[int]], temperature: float = 1.0) -> torch.Tensor:
-        """Log-probability of every label for every message, [B, n_labels], from restricted point logits."""
-        logp = torch.log_softmax(point_logits / temperature, dim=-1)
+        """Log-probability of every label for every message, [B, n_labels], from restricted point logits.
+
+        A label's probability is the product of its branch probabilities along the name's token tree; the
+        temperature then scales the label log-probabilities (so it changes the confidence, never the argmax).
+        """
+        logp = torch.log_softmax(point_logits, dim=-1)
         out = torch.zeros(len(rows), len(self.tree.labels), dtype=logp.dtype, device=logp.device)
         for lb in range(len(self.tree.labels)):
             for p_i, child in self.tree.steps(lb):
                 idx = torch.tensor([m_rows[p_i] for m_rows in rows], device=logp.device)
                 out[:, lb] += logp[idx, child]
-        return out
+        return torch.log_softmax(out / temperature, dim=-1)
 
     def score(self, encoded: Sequence[Encoded], temperature: float = 1.0) -> torch.Tensor:
         """Probability of every label for every message, [B, n_labels] (rows sum to 1)."""

@@ -115,7 +115,7 @@ def fit_temperature(logp: torch.Tensor, gold: torch.Tensor) -> float:
         return loss
 
     opt.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 def _device() -> torch.device:
