@@ -48,14 +48,14 @@ def make_router() -> KeywordTestRouter:
 
 
 class SlowKeywordRouter(KeywordTestRouter):
-    """Takes half a second per batch, like a model on a busy CPU (to show inference doesn't block the server)."""
+    """Takes three seconds per batch, like a model on a very busy CPU (to show inference doesn't block the server)."""
 
     name = "slow-keyword-test"
 
     def scores_batch(self, texts, histories):
         import time
 
-        time.sleep(0.5)
+        time.sleep(3.0)
         return super().scores_batch(texts, histories)
 
 

@@ -486,7 +486,7 @@ def test_chat_command(tmp_path, shop_db_path):  # noqa: F811
 
 
 def test_inference_runs_off_the_event_loop(tmp_path, shop_db_path):  # noqa: F811
-    """While two slow routings (0.5 s each, one at a time) are running, /healthz still answers at once."""
+    """While two slow routings (3 s each, one at a time) are running, /healthz still answers well before them."""
     svc = Service(f"sqlite:///{tmp_path / 'c.sqlite3'}", copy_shop(shop_db_path, tmp_path / "shop"), tmp_path,
                   router="tests.support_router:SlowKeywordRouter").start()
     try:
@@ -505,7 +505,7 @@ def test_inference_runs_off_the_event_loop(tmp_path, shop_db_path):  # noqa: F81
         took = time.monotonic() - start
         for t in threads:
             t.join()
-        assert h.status_code == 200 and took < 0.4, took
+        assert h.status_code == 200 and took < 2.0, took  # blocked, it would wait ~5.8 s for both routings
         assert [r.status_code for r in results] == [200, 200]
     finally:
         svc.stop()
