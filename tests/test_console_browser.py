@@ -2,8 +2,8 @@
 driven by Playwright (no browser download: `executable_path` is the system Chromium).
 
 A screenshot of every page goes to a `screenshots` directory under pytest's temporary directory (its path
-is printed); the hand-off queue's is also copied to docs/console.png for the README (set
-SHOPROUTER_DOCS_SCREENSHOT=1 to refresh docs/console.png from the run).
+is printed); with SHOPROUTER_DOCS_SCREENSHOT=1 the hand-off queue's is also copied to docs/console.png,
+the README's screenshot.
 """
 
 from __future__ import annotations
