@@ -13,39 +13,18 @@ import typer
 from ..errors import InputError
 from ..router import DEFAULT_CLARIFY_THRESHOLD, ROUTER_NAMES, Router
 from . import app
+from .routing import parse_options
 
 ROUTER_HELP = f"Router: {', '.join(ROUTER_NAMES)}, or package.module:attr (a Router, its class or a factory)."
 STORE_HELP = ("Conversation store: sqlite:///FILE (default: $SHOPROUTER_HOME or ~/.local/share/shoprouter/"
               "conversations.sqlite3) or redis://HOST:PORT/DB (shared by replicas).")
 
 
-def _parse_opts(options: list[str] | None) -> dict:
-    out: dict = {}
-    for item in options or []:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key.isidentifier():
-            raise InputError(f"--opt needs KEY=VALUE, got {item!r}")
-        low = value.lower()
-        if low in ("true", "false"):
-            out[key] = low == "true"
-            continue
-        for cast in (int, float):
-            try:
-                out[key] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            out[key] = value
-    return out
-
-
 def build_router(spec: str, threshold: float, adapter: Path | None, options: list[str] | None) -> Router:
     """A router from a name (the same loading as `shoprouter route`) or a module:attr spec."""
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold must be between 0 and 1, got {threshold}")
-    kwargs = _parse_opts(options)
+    kwargs = parse_options(options)
     if ":" not in spec:
         try:
             from .routing import load_router as load_named
