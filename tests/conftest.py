@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import uuid
+
 import pytest
 
 from shoprouter.rows import Row, Turn, write_rows
+from shoprouter.session import open_store
 
 SMALL_SET: dict[str, list[str]] = {
     "order": ["where is my order 5531", "track my package please", "when will my parcel arrive",
@@ -66,3 +70,18 @@ def labelled_file(tmp_path, labelled_rows):
     path = tmp_path / "small.jsonl"
     write_rows(labelled_rows, path)
     return path
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    """A conversation store of each kind: SQLite in a temp file, Redis under a fresh key prefix
+    (the Redis case needs the `redis_server` fixture of tests/service_support.py in the test module)."""
+    if request.param == "sqlite":
+        s = open_store(f"sqlite:///{tmp_path / 'conversations.sqlite3'}")
+    else:
+        if shutil.which("redis-server") is None:
+            pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+        server = request.getfixturevalue("redis_server")
+        s = open_store(server.url + f"?prefix=t{uuid.uuid4().hex[:8]}:")
+    yield s
+    s.close()

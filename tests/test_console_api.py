@@ -44,19 +44,6 @@ H_ROUTE = {"authorization": f"Bearer {ROUTE_KEY}"}
 H_WRONG = {"authorization": "Bearer sr_wrong-key-0123456789abcdefgh"}
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        s = open_store(f"sqlite:///{tmp_path / 'conversations.sqlite3'}")
-    else:
-        if REDIS_BIN is None:
-            pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-        server = request.getfixturevalue("redis_server")
-        s = open_store(server.url + f"?prefix=t{uuid.uuid4().hex[:8]}:")
-    yield s
-    s.close()
-
-
 @pytest.fixture
 def agents(tmp_path, shop_db_path):  # noqa: F811
     return ShopAgents(ShopDB(copy_shop(shop_db_path, tmp_path / "shop")))

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import pytest
 
@@ -27,21 +26,15 @@ from shoprouter.session import (
 )
 from shoprouter.shop import ShopAgents, ShopDB
 
-from .service_support import REDIS_BIN, RedisServer, copy_shop, needs_redis, redis_server, shop_db_path  # noqa: F401
+from .service_support import (  # noqa: F401
+    REDIS_BIN,
+    RedisServer,
+    copy_shop,
+    needs_redis,
+    redis_server,
+    shop_db_path,
+)
 from .support_router import KeywordTestRouter
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        s = open_store(f"sqlite:///{tmp_path / 'conversations.sqlite3'}")
-    else:
-        if REDIS_BIN is None:
-            pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-        server = request.getfixturevalue("redis_server")
-        s = open_store(server.url + f"?prefix=t{uuid.uuid4().hex[:8]}:")
-    yield s
-    s.close()
 
 
 def turn(text: str, decision: str = "order", mid: str | None = None, **kw) -> TurnRecord:
