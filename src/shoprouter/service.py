@@ -211,7 +211,9 @@ class MessageOut(BaseModel):
     handoff: HandoffOut | None
 
 
-class ConversationSummary(BaseModel):
+class ConversationBase(BaseModel):
+    """Fields every view of a conversation has."""
+
     id: str
     created_at: str
     updated_at: str
@@ -219,6 +221,9 @@ class ConversationSummary(BaseModel):
     customer_id: int | None
     turn_count: int
     meta: dict[str, Any]
+
+
+class ConversationSummary(ConversationBase):
     last_text: str | None
     last_decision: str | None
     last_role: str | None
@@ -255,14 +260,7 @@ class SessionIn(Strict):
     key: str = Field(min_length=1, max_length=512, description="An API key with the console scope.")
 
 
-class ConversationOut(BaseModel):
-    id: str
-    created_at: str
-    updated_at: str
-    status: str
-    customer_id: int | None
-    turn_count: int
-    meta: dict[str, Any]
+class ConversationOut(ConversationBase):
     turns: list[TurnOut]
     handoffs: list[HandoffOut]
 
