@@ -88,16 +88,22 @@ def row_from_dict(obj: object, labels: Iterable[str] | None = None, where: str =
     return Row(text, label, history, None if group is None else str(group), extra)
 
 
+def read_utf8(path: Path, what: str = "file") -> str:
+    """A text file's content; InputError when it is missing or not UTF-8 (with the line of the bad byte)."""
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not valid UTF-8") from None
+
+
 def read_rows(path: str | Path, labels: Iterable[str] | None = None) -> list[Row]:
     """Read a JSONL file of rows; raise InputError with the line number on any problem."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"file not found: {p}")
-    try:
-        content = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = p.read_bytes()[: exc.start].count(b"\n") + 1
-        raise InputError(f"{p}:{line}: not valid UTF-8") from None
+    content = read_utf8(p)
     known = list(labels) if labels is not None else None
     rows = []
     for n, line in enumerate(content.splitlines(), 1):

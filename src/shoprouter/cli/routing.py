@@ -103,15 +103,9 @@ def read_text_arg(text: str) -> str:
 def read_history_file(path: Path, labels: list[str]):
     """Earlier turns from a JSONL file (one `{"text": ..., "label": ...}` or string per line, oldest first)
     or a JSON file holding one list of such turns."""
-    from ..rows import parse_history
+    from ..rows import parse_history, read_utf8
 
-    if not path.is_file():
-        raise InputError(f"history file not found: {path}")
-    try:
-        content = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not valid UTF-8") from None
+    content = read_utf8(path, "history file")
     stripped = content.strip()
     if not stripped:
         return []
