@@ -201,3 +201,53 @@ def test_temperature_changes_confidence_not_decision(tiny_engine):
     cold, hot = tiny_engine.score(enc, 0.5), tiny_engine.score(enc, 3.0)
     assert torch.equal(cold.argmax(-1), hot.argmax(-1))
     assert (cold.max(-1).values >= hot.max(-1).values).all()
+
+
+def test_function_markers_are_single_reserved_tokens(tiny_engine):
+    tok = tiny_engine.tokenizer
+    for marker, reserved in prompt.RESERVED_MARKER_TOKENS.items():
+        assert prompt.marker_ids(marker, tok) == [tok.convert_tokens_to_ids(reserved)]
+    ids = tiny_engine.encode("where is my order?").ids
+    assert ids[-3:] == [prompt.marker_ids(prompt.START_CALL, tok)[0]] + tok.encode("call:", add_special_tokens=False)
+    # the same reserved token typed by a user stays plain text
+    typed = tiny_engine.encode("hi <unused2> and <start_function_call>").ids
+    assert typed.count(prompt.marker_ids(prompt.START_CALL, tok)[0]) == 1  # only the template's own
+
+
+def test_cosine_schedule_warms_up_and_decays_to_zero():
+    from shoprouter.train import cosine_with_warmup
+
+    lrs = [cosine_with_warmup(s, 100, 0.1) for s in range(101)]
+    assert lrs[0] < lrs[5] < lrs[9] == 1.0
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[100] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_fit_to_budget_shrinks_the_plan_to_the_time_left():
+    from shoprouter.train import fit_to_budget
+
+    log = {"steps": [{"examples_per_s": 8.0}] * 20, "elapsed_s": 40.0}  # 2 s a step of 16
+    fitted = fit_to_budget(log, total=1000, step=20, budget_s=240.0, steps_per_epoch=500, n_val=0, batch_size=16)
+    assert 20 < fitted <= 20 + 100  # 200 s left at 2 s a step
+    assert fit_to_budget(log, total=30, step=20, budget_s=10_000.0, steps_per_epoch=500, n_val=0,
+                         batch_size=16) == 30  # never grows the plan
+    assert fit_to_budget(log, total=1000, step=20, budget_s=1.0, steps_per_epoch=500, n_val=0,
+                         batch_size=16) == 21  # at least one more step
+
+
+def test_time_budget_run_ends_with_its_schedule(tiny_base, tiny_data, tmp_path):
+    cfg = TrainConfig(epochs=50, lr=5e-3, batch_size=4, base=str(tiny_base), val_rows=8, max_minutes=0.05,
+                      checkpoint_every=5)
+    log = train(tiny_data, tmp_path / "budget", cfg, progress=False)
+    assert log["total_steps"] < 50 * 12  # the plan was fitted to the budget
+    assert log["steps"][-1]["step"] == log["total_steps"] or log["stopped_early"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_router_dtype_gives_the_same_decisions(tiny_adapter, tiny_base, dtype):
+    out, _ = tiny_adapter
+    texts = ["where is my order", "my card was declined", "tell me a joke"]
+    ref = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32").route_batch(texts)
+    got = LoraRouter(adapter=out, base=str(tiny_base), dtype=dtype).route_batch(texts)
+    for a, b in zip(ref, got, strict=True):
+        assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 0.05

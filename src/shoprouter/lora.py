@@ -15,7 +15,7 @@ from .router import DEFAULT_CLARIFY_THRESHOLD, Router
 from .rows import Turn
 
 META_FILE = "router.json"  # registry, prompt format, calibration: written next to the adapter weights
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2  # 2: function markers as single reserved tokens (prompt.marker_ids)
 
 
 def shipped_adapter() -> Path:
@@ -44,13 +44,13 @@ def registry_from_meta(meta: dict) -> Registry:
     return Registry(tuple(Agent(a["key"], a["description"], tuple(a.get("keywords", ()))) for a in meta["agents"]))
 
 
-def load_adapted_model(base: str | None, adapter: Path, merge: bool = True):
-    """Base model + LoRA adapter weights (merged into the base for inference speed)."""
+def load_adapted_model(base: str | None, adapter: Path, merge: bool = True, dtype: str = "float32"):
+    """Base model + LoRA adapter weights (merged into the base for inference speed), in `dtype`."""
     from peft import PeftModel
 
     from .model import load_base
 
-    loaded = load_base(base)
+    loaded = load_base(base, dtype=dtype)
     try:
         model = PeftModel.from_pretrained(loaded.model, str(adapter), is_trainable=False)
     except Exception as exc:  # safetensors / peft raise many types for a damaged file
@@ -111,7 +111,9 @@ class LoraRouter(Router):
 
     def __init__(self, adapter: str | Path | None = None, registry: Registry | None = None, base: str | None = None,
                  clarify_threshold: float = DEFAULT_CLARIFY_THRESHOLD, temperature: float | None = None,
-                 batch_size: int = 32, threads: int | None = None, quantize: str | None = None):
+                 batch_size: int = 32, threads: int | None = None, quantize: str | None = None,
+                 dtype: str | None = "auto"):
+        from .model import resolve_dtype
         from .scoring import Engine
 
         adapter = Path(adapter) if adapter else shipped_adapter()
@@ -128,7 +130,8 @@ class LoraRouter(Router):
         self.meta = meta
         self.temperature = float(temperature if temperature is not None else meta.get("temperature", 1.0))
         self.batch_size = batch_size
-        model, tokenizer = load_adapted_model(base or meta.get("base"), adapter)
+        self.dtype = resolve_dtype(dtype)
+        model, tokenizer = load_adapted_model(base or meta.get("base"), adapter, dtype=self.dtype)
         self.engine = Engine(model, tokenizer, registry)
         self.quantize = quantize
         compact_for_inference(self.engine, quantize)

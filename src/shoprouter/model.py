@@ -80,6 +80,28 @@ def resolve_base(base: str | None = None) -> Path | str:
     return base  # a Hugging Face id; loaded with local_files_only (no network at run time)
 
 
+def fast_dtype(device: str = "cpu") -> str:
+    """`bfloat16` where the hardware multiplies it natively (CPUs with AVX512-BF16 or AMX, CUDA with bf16),
+    else `float32`. On this project's 2-core AVX512-BF16 CPU, bf16 matmuls run about 2-3x faster."""
+    import torch
+
+    if device == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    try:
+        return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+    except (AttributeError, RuntimeError):
+        return "float32"
+
+
+def resolve_dtype(dtype: str | None, device: str = "cpu") -> str:
+    """`auto` (or None) -> fast_dtype(device); otherwise `float32` or `bfloat16`, checked."""
+    if dtype in (None, "auto"):
+        return fast_dtype(device)
+    if dtype not in ("float32", "bfloat16"):
+        raise ShopRouterError(f"unknown dtype {dtype!r}; use auto, float32 or bfloat16")
+    return dtype
+
+
 @dataclass
 class LoadedBase:
     model: object

@@ -21,6 +21,11 @@ decision, and a second one after `call:route_to_` separates the agents.
 
 Everything up to and including the final user turn's opening is identical for every message (the
 *prefix*); a message contributes only the *suffix* (its turns and the model turn's opening).
+
+Tokens (prompt format 2): FunctionGemma's tokenizer has each function marker as one token; base Gemma 3's
+splits them into 3-7 plain-text pieces, which made the declarations prefix 420 tokens and put 18 template
+tokens after every message. Where the tokenizer lacks a marker, it is encoded as one of Gemma 3's reserved
+`<unusedN>` tokens instead (`marker_ids`), so every marker costs one token and can never come from user text.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ NON_AGENT_FUNCTIONS = {
     NONE: ("decline_out_of_scope",
            "Not about our shop (weather, jokes, coding, chat): decline."),
 }
+# Gemma 3 reserved tokens standing in for the FunctionGemma markers its tokenizer lacks (prompt format 2)
+RESERVED_MARKER_TOKENS = {START_DECL: "<unused0>", END_DECL: "<unused1>", START_CALL: "<unused2>",
+                          END_CALL: "<unused3>", ESC: "<unused4>"}
+TEMPLATE_MARKERS = (START_TURN, END_TURN, START_CALL, END_CALL, START_DECL, END_DECL, ESC)
 HISTORY_WINDOW = 3  # earlier user turns kept in the prompt
 _MARKER_RE = re.compile(r"<\s*/?\s*[A-Za-z][A-Za-z0-9_|\-]*\s*>")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
@@ -63,6 +72,23 @@ def sanitize(text: str) -> str:
         text = _MARKER_RE.sub(lambda m: "(" + m.group(0).strip("<> /") + ")", text)
     text = text.replace("<", "‹").replace(">", "›")
     return re.sub(r"[ \t]+", " ", text).strip()
+
+
+def marker_ids(marker: str, tokenizer) -> list[int]:
+    """Token ids of a template marker: the tokenizer's own single token, else its reserved stand-in."""
+    ids = tokenizer.encode(marker, add_special_tokens=False)
+    if len(ids) == 1 or marker not in RESERVED_MARKER_TOKENS:
+        return ids
+    reserved = tokenizer.convert_tokens_to_ids(RESERVED_MARKER_TOKENS[marker])
+    if reserved is None or reserved == tokenizer.unk_token_id:
+        return ids
+    return [reserved]
+
+
+def split_markers(text: str) -> list[tuple[str, bool]]:
+    """Split template text into (piece, is_marker) around the prompt's control markers."""
+    pattern = re.compile("(" + "|".join(re.escape(m) for m in TEMPLATE_MARKERS) + ")")
+    return [(p, p in TEMPLATE_MARKERS) for p in pattern.split(text) if p]
 
 
 def function_name(label: str, registry: Registry) -> str:

@@ -89,19 +89,14 @@ class Engine:
         self.registry = registry
         self.max_suffix_tokens = max_suffix_tokens
         self.tree = build_tree(registry, tokenizer)
-        self.prefix_ids = self._encode(prompt.prefix_text(registry), bos=True)
+        self.prefix_ids = [tokenizer.bos_token_id] + self._encode_template(
+            prompt.prefix_text(registry).removeprefix(prompt.BOS))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._prefix_cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._head_rows: torch.Tensor | None = None  # candidate rows of the output head, once frozen
         self._child_pos: dict[int, int] = {}
 
     # ---- tokens -------------------------------------------------------------------------------
-    def _encode(self, text: str, bos: bool = False) -> list[int]:
-        if bos:
-            text = text.removeprefix(prompt.BOS)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        return ([self.tokenizer.bos_token_id] if bos else []) + ids
-
     def encode(self, text: str, history: Sequence[Turn] | None = None, label: str | None = None) -> Encoded:
         """Suffix token ids of a message; user text is sanitised and tokenised with special tokens split."""
         parts = prompt.suffix_text(text, history, self.registry)
@@ -114,9 +109,9 @@ class Engine:
         """Tokenise template text: markers become their special ids, everything else is split as plain text."""
         tok = self.tokenizer
         out: list[int] = []
-        for piece, is_marker in _split_markers(text):
+        for piece, is_marker in prompt.split_markers(text):
             if is_marker:
-                out.extend(tok.encode(piece, add_special_tokens=False))
+                out.extend(prompt.marker_ids(piece, tok))
             else:
                 out.extend(tok.encode(piece, add_special_tokens=False, split_special_tokens=True))
         return out
@@ -152,7 +147,7 @@ class Engine:
         """Run the shared prefix once; its keys/values per layer (grads flow when enabled)."""
         ids = torch.tensor([self.prefix_ids], device=self.device)
         out = self._decoder()(input_ids=ids, use_cache=True)
-        cache = out.past_key_values
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values  # transformers 5 renamed it
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     def prefix_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -185,7 +180,8 @@ class Engine:
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=self.device)
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        out = self._decoder()(input_ids=ids, past_key_values=self._cache_for(prefix, len(seqs)), use_cache=True)
+        out = self._decoder()(input_ids=ids, use_cache=True,
+                              **{_cache_kwarg(self._decoder()): self._cache_for(prefix, len(seqs))})
         h = out.last_hidden_state
         rows = torch.tensor([i for i, p in enumerate(positions) for _ in p], device=self.device)
         cols = torch.tensor([c for p in positions for c in p], device=self.device)
@@ -226,11 +222,11 @@ class Engine:
         if full_vocab:
             return h @ self._head().T, rows
         width = max(len(p.children) for p in self.tree.points)
-        out = torch.full((h.shape[0], width), float("-inf"), device=h.device, dtype=h.dtype)
+        out = torch.full((h.shape[0], width), float("-inf"), device=h.device)
         for m_rows in rows:
             for p_i, r in enumerate(m_rows):
                 kids = self.tree.points[p_i].children
-                out[r, : len(kids)] = h[r] @ self._candidate_rows(kids).T
+                out[r, : len(kids)] = h[r].float() @ self._candidate_rows(kids).T
         return out, rows
 
     def label_log_probs(self, point_logits: torch.Tensor, rows: list[list[int]], temperature: float = 1.0) -> torch.Tensor:
@@ -254,11 +250,8 @@ class Engine:
             return self.label_log_probs(logits.float(), rows, temperature).exp()
 
 
-def _split_markers(text: str) -> list[tuple[str, bool]]:
-    """Split template text into (piece, is_marker) where markers are the prompt's control strings."""
-    import re
+def _cache_kwarg(decoder) -> str:
+    """The forward keyword for a key/value cache: `cache` in transformers 5, `past_key_values` before."""
+    import inspect
 
-    markers = [prompt.START_TURN, prompt.END_TURN, prompt.START_CALL, prompt.END_CALL,
-               prompt.START_DECL, prompt.END_DECL, prompt.ESC]
-    pattern = re.compile("(" + "|".join(re.escape(m) for m in markers) + ")")
-    return [(p, p in markers) for p in pattern.split(text) if p]
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"

@@ -21,7 +21,7 @@ import torch
 from .agents import Registry, default_registry
 from .errors import ShopRouterError
 from .lora import META_FILE, PROMPT_VERSION, read_meta
-from .model import EMBEDDED, LORA_DEFAULTS, load_base
+from .model import EMBEDDED, LORA_DEFAULTS, load_base, resolve_dtype
 from .rows import Row, read_rows
 from .scoring import Encoded, Engine
 
@@ -46,6 +46,7 @@ class TrainConfig:
     checkpoint_every: int = 50  # steps
     threads: int | None = None
     prefix_grad: bool = False  # backpropagate through the shared prefix too (about 1.5x slower per step)
+    dtype: str = "auto"  # base weights and matmuls: bfloat16 where the hardware has it (LoRA weights stay float32)
 
 
 def bucketed_batches(encoded: list[Encoded], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -82,12 +83,18 @@ def decision_loss(engine: Engine, batch: list[Encoded], prefix_grad: bool = True
     return torch.nn.functional.cross_entropy(logits[sel_t].float(), torch.tensor(targets, device=logits.device))
 
 
+def autocast(device: torch.device, dtype: str):
+    """Mixed precision for a bf16 base: matmuls in bf16, float32 LoRA master weights; a no-op for float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
 def accuracy(engine: Engine, encoded: list[Encoded], batch_size: int = 32) -> tuple[float, torch.Tensor]:
     """Top-1 accuracy of the decision-point scores (no threshold) and the label log-probs [N, L]."""
     was_training = engine.model.training
     engine.model.eval()
     outs = []
-    with torch.no_grad():
+    dtype = "bfloat16" if engine.model.get_input_embeddings().weight.dtype == torch.bfloat16 else "float32"
+    with torch.no_grad(), autocast(engine.device, dtype):
         prefix = engine.encode_prefix()
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
         for s in range(0, len(order), batch_size):
@@ -118,6 +125,35 @@ def fit_temperature(logp: torch.Tensor, gold: torch.Tensor) -> float:
     return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
+FIT_AFTER_STEPS = 20  # steps timed before the schedule is first fitted to --max-minutes
+
+
+def cosine_with_warmup(step: int, total: int, warmup: float) -> float:
+    """Learning-rate multiplier: linear warmup over `warmup` of the steps, then cosine decay to 0 at `total`."""
+    n_warm = int(warmup * total)
+    if step < n_warm:
+        return (step + 1) / n_warm
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - n_warm) / max(1, total - n_warm))))
+
+
+def fit_to_budget(log: dict, total: int, step: int, budget_s: float, steps_per_epoch: int, n_val: int,
+                  batch_size: int) -> int:
+    """Shrink the planned number of steps so training (and its validation passes) ends within the budget.
+
+    Uses the median time of the recent steps; never grows the plan, never goes below the current step + 1.
+    The cosine schedule follows the new total, so a time-limited run still decays its learning rate to 0.
+    """
+    recent = [batch_size / s["examples_per_s"] for s in log["steps"][-100:] if s["examples_per_s"] > 0]
+    if not recent:
+        return total
+    per_step = sorted(recent)[len(recent) // 2]
+    n_val_passes = 1 + max(0, total - step) // steps_per_epoch  # per epoch, plus the final calibration
+    val_s = n_val_passes * (n_val / batch_size) * per_step / 3  # a no-grad pass costs about a third of a step
+    left = budget_s - log["elapsed_s"] - val_s
+    fitted = step + max(1, int(0.97 * left / per_step))
+    return max(step + 1, min(total, fitted))
+
+
 def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -138,7 +174,6 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
     """
     from peft import LoraConfig, PeftModel, get_peft_model
     from tqdm import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
     registry = registry or default_registry()
     labels = registry.labels
@@ -153,8 +188,9 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     device = _device()
+    dtype = resolve_dtype(cfg.dtype, device.type)
 
-    base = load_base(cfg.base)
+    base = load_base(cfg.base, dtype=dtype)
     model = base.model.to(device)
     if resume and (ckpt / "adapter_model.safetensors").is_file():
         model = PeftModel.from_pretrained(model, str(ckpt), is_trainable=True)
@@ -174,8 +210,9 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
     total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup * total_steps), total_steps)
-    log = {"config": asdict(cfg), "n_train": len(enc_train), "n_val_scored": len(enc_val), "device": str(device),
+    plan = {"total": total_steps}  # shrunk to fit --max-minutes once the step time is known
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, plan["total"], cfg.warmup))
+    log = {"config": asdict(cfg), "n_train": len(enc_train), "n_val_scored": len(enc_val), "device": str(device), "dtype": dtype,
            "threads": torch.get_num_threads(), "trainable_params": sum(p.numel() for p in params),
            "prefix_tokens": len(engine.prefix_ids), "total_steps": total_steps, "steps": [], "epochs": [],
            "elapsed_s": 0.0}
@@ -185,10 +222,12 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         step, log = state["step"], state["log"]
+        plan["total"] = total_steps = log["total_steps"]
     model.train()
     start = time.time() - log["elapsed_s"]
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     stopped_early = False
+    first_step = step
     while step < total_steps:
         epoch = step // steps_per_epoch
         batches = bucketed_batches(enc_train, cfg.batch_size, random.Random(cfg.seed * 1000 + epoch))
@@ -196,7 +235,8 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
             if step >= total_steps:
                 break
             t0 = time.time()
-            loss = decision_loss(engine, [enc_train[i] for i in batches[b_i]], cfg.prefix_grad)
+            with autocast(device, dtype):
+                loss = decision_loss(engine, [enc_train[i] for i in batches[b_i]], cfg.prefix_grad)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -214,6 +254,10 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
                 log["epochs"].append({"step": step, "epoch": step / steps_per_epoch, "val_accuracy": acc,
                                       "elapsed_s": round(log["elapsed_s"], 1)})
                 bar.write(f"step {step}: val accuracy {acc:.4f} on {len(enc_val)} rows")
+            if cfg.max_minutes is not None and (step - first_step == FIT_AFTER_STEPS or step % cfg.checkpoint_every == 0):
+                total_steps = plan["total"] = log["total_steps"] = fit_to_budget(
+                    log, plan["total"], step, cfg.max_minutes * 60, steps_per_epoch, len(enc_val), cfg.batch_size)
+                bar.total = total_steps
             if step % cfg.checkpoint_every == 0:
                 _checkpoint(model, opt, sched, step, log, ckpt)
             if cfg.max_minutes is not None and log["elapsed_s"] > cfg.max_minutes * 60:

@@ -26,6 +26,7 @@ def train(
     threads: int | None = typer.Option(None, help="CPU threads (default: all cores)."),
     prefix_grad: bool = typer.Option(False, "--prefix-grad/--no-prefix-grad",
                                      help="Backpropagate through the shared declarations prefix (slower)."),
+    dtype: str = typer.Option("auto", help="auto (bfloat16 where the CPU/GPU has it, else float32), float32, bfloat16."),
     json_out: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
     """Fine-tune the LoRA router (reference recipe defaults) and save the adapter."""
@@ -34,7 +35,7 @@ def train(
     from ..train import train as run_train
 
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_minutes=max_minutes, base=base, seed=seed,
-                      threads=threads, prefix_grad=prefix_grad)
+                      threads=threads, prefix_grad=prefix_grad, dtype=dtype)
     extra_rows = read_rows(extra) if extra else None
     log = run_train(data, out, cfg, resume=resume, resume_from=resume_from, extra_rows=extra_rows)
     summary = {k: log.get(k) for k in ("n_train", "total_steps", "elapsed_s", "epochs", "final_val_accuracy",
