@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import uuid
 
@@ -9,6 +10,9 @@ import pytest
 
 from shoprouter.rows import Row, Turn, write_rows
 from shoprouter.session import open_store
+from shoprouter.train import TrainConfig, train
+
+from .tiny import make_tiny_base
 
 SMALL_SET: dict[str, list[str]] = {
     "order": ["where is my order 5531", "track my package please", "when will my parcel arrive",
@@ -85,3 +89,26 @@ def store(request, tmp_path):
         s = open_store(server.url + f"?prefix=t{uuid.uuid4().hex[:8]}:")
     yield s
     s.close()
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    return make_tiny_base(tmp_path_factory.mktemp("tiny-base"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-data")
+    rows = small_rows()
+    random.Random(0).shuffle(rows)
+    write_rows(rows, d / "train.jsonl")
+    write_rows(rows[:18], d / "val.jsonl")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_base, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny-adapter")
+    cfg = TrainConfig(epochs=2, lr=5e-3, batch_size=16, base=str(tiny_base), val_rows=18, checkpoint_every=3)
+    log = train(tiny_data, out, cfg, progress=False)
+    return out, log
+
+

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import shutil
 
 import pytest
@@ -14,41 +13,17 @@ from shoprouter.agents import Agent, Registry, default_registry
 from shoprouter.errors import ShopRouterError
 from shoprouter.lora import LoraRouter
 from shoprouter.model import load_base
-from shoprouter.rows import Turn, write_rows
+from shoprouter.rows import Turn
 from shoprouter.scoring import Engine
 from shoprouter.train import TrainConfig, decision_loss, train
 
 from .conftest import small_rows
-from .tiny import make_tiny_base
-
-
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory):
-    return make_tiny_base(tmp_path_factory.mktemp("tiny-base"))
 
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_base):
     b = load_base(str(tiny_base))
     return Engine(b.model, b.tokenizer, default_registry())
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-data")
-    rows = small_rows()
-    random.Random(0).shuffle(rows)
-    write_rows(rows, d / "train.jsonl")
-    write_rows(rows[:18], d / "val.jsonl")
-    return d
-
-
-@pytest.fixture(scope="session")
-def tiny_adapter(tiny_base, tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny-adapter")
-    cfg = TrainConfig(epochs=2, lr=5e-3, batch_size=16, base=str(tiny_base), val_rows=18, checkpoint_every=3)
-    log = train(tiny_data, out, cfg, progress=False)
-    return out, log
 
 
 def test_tree_has_distinct_decision_points(tiny_engine):

@@ -112,7 +112,7 @@ class LoraRouter(Router):
     def __init__(self, adapter: str | Path | None = None, registry: Registry | None = None, base: str | None = None,
                  clarify_threshold: float = DEFAULT_CLARIFY_THRESHOLD, temperature: float | None = None,
                  batch_size: int = 32, threads: int | None = None, quantize: str | None = None,
-                 dtype: str | None = "auto"):
+                 dtype: str | None = "auto", forward: str = "lean"):
         from .model import resolve_dtype
         from .scoring import Engine
 
@@ -135,6 +135,11 @@ class LoraRouter(Router):
         self.engine = Engine(model, tokenizer, registry)
         self.quantize = quantize
         compact_for_inference(self.engine, quantize)
+        if forward not in ("lean", "hf"):
+            raise ShopRouterError(f"unknown forward {forward!r}; use 'lean' (runtime.py) or 'hf' (transformers)")
+        self.forward = "hf" if quantize else forward  # the int8 layers run only in the transformers forward
+        if self.forward == "lean":
+            self.engine.use_runtime()
         self.engine.prefix_cache()  # encode the declarations once, now
 
     def scores_batch(self, texts: Sequence[str], histories: Sequence[Sequence[Turn]]) -> list[dict[str, float]]:

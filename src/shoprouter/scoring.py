@@ -94,6 +94,7 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._prefix_cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._head_rows: torch.Tensor | None = None  # candidate rows of the output head, once frozen
+        self._runtime = None  # the lean inference forward (runtime.SuffixDecoder), once switched to it
         self._child_pos: dict[int, int] = {}
 
     # ---- tokens -------------------------------------------------------------------------------
@@ -119,7 +120,19 @@ class Engine:
     # ---- model --------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return torch.device("cpu") if self._runtime is not None else next(self.model.parameters()).device
+
+    def use_runtime(self) -> None:
+        """Route with the lean inference forward (runtime.py) from now on; the HF model is then dropped.
+
+        Inference only: call it on a merged model. Keeps only the candidate rows of the output head.
+        """
+        from .runtime import SuffixDecoder
+
+        self.freeze_head()
+        self._runtime = SuffixDecoder(self._decoder())
+        self._prefix_cache = None
+        self.model = None
 
     def _decoder(self):
         """The transformer body (no output head), through any PEFT wrapper."""
@@ -153,8 +166,11 @@ class Engine:
     def prefix_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The prefix keys/values, computed once and kept (inference)."""
         if self._prefix_cache is None:
-            with torch.inference_mode():
-                self._prefix_cache = self.encode_prefix()
+            if self._runtime is not None:
+                self._prefix_cache = self._runtime.encode_prefix(self.prefix_ids)
+            else:
+                with torch.inference_mode():
+                    self._prefix_cache = self.encode_prefix()
         return self._prefix_cache
 
     def clear_cache(self) -> None:
@@ -180,12 +196,13 @@ class Engine:
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=self.device)
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        out = self._decoder()(input_ids=ids, use_cache=True,
-                              **{_cache_kwarg(self._decoder()): self._cache_for(prefix, len(seqs))})
-        h = out.last_hidden_state
         rows = torch.tensor([i for i, p in enumerate(positions) for _ in p], device=self.device)
         cols = torch.tensor([c for p in positions for c in p], device=self.device)
-        return h[rows, cols]
+        if self._runtime is not None:
+            return self._runtime.hidden_at(ids, prefix, rows, cols)
+        out = self._decoder()(input_ids=ids, use_cache=True,
+                              **{_cache_kwarg(self._decoder()): self._cache_for(prefix, len(seqs))})
+        return out.last_hidden_state[rows, cols]
 
     # ---- scoring ------------------------------------------------------------------------------
     def _layout(self, encoded: Sequence[Encoded]) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:

@@ -1,0 +1,226 @@
+"""A lean inference forward of the Gemma 3 text decoder, for routing: suffixes scored on a shared prefix cache.
+
+The Hugging Face implementation is used for training (PEFT needs it) and is the reference this one is
+tested against. Routing runs the same arithmetic with less around it: q/k/v and gate/up fused into one
+matmul each (4 matmuls a layer instead of 7), grouped-query attention without copying the key/value heads,
+the shared prefix attended with one matmul for the whole batch instead of a per-row copy of its cache,
+no mask objects, final hidden states computed only at the positions asked for, and (on CPUs with oneDNN)
+weights reordered once into oneDNN's blocked layout, which a plain matmul otherwise redoes on every call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+class Linear:
+    """A bias-free linear map y = x W^T, with W prepacked for oneDNN where that is available."""
+
+    def __init__(self, weight: torch.Tensor, pack: bool):
+        self.out_features = weight.shape[0]
+        self.packed = False
+        if pack:
+            try:
+                self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, 32)
+                self.packed = True
+                return
+            except (AttributeError, RuntimeError):
+                pass
+        self.weight = weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.packed:
+            return F.linear(x, self.weight)
+        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.weight, None, "none", [], "")
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+def can_pack(dtype: torch.dtype) -> bool:
+    """True when oneDNN can prepack weights of this dtype on this machine (checked on a tiny matrix)."""
+    try:
+        w = torch.zeros(8, 8, dtype=dtype)
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
+        torch.ops.mkldnn._linear_pointwise(torch.zeros(1, 8, dtype=dtype), packed, None, "none", [], "")
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass
+class Layer:
+    """One decoder layer's weights (norm weights already as 1 + w, in float32)."""
+
+    qkv: Linear  # [(n_heads + 2 * n_kv) * head_dim, hidden]
+    o: Linear
+    gate_up: Linear  # [2 * intermediate, hidden]
+    down: Linear
+    input_norm: torch.Tensor
+    post_attn_norm: torch.Tensor
+    pre_ff_norm: torch.Tensor
+    post_ff_norm: torch.Tensor
+    q_norm: torch.Tensor
+    k_norm: torch.Tensor
+    inv_freq: torch.Tensor
+    window: int | None  # sliding window, None for full attention
+
+
+PrefixCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [n_kv, P, head_dim]
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gemma's RMSNorm: normalise in float32, scale by (1 + w), back to the input dtype."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight).to(x.dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class SuffixDecoder:
+    """Gemma 3 decoder weights arranged for batched suffix scoring on a cached prefix (inference only)."""
+
+    def __init__(self, decoder):
+        """Take the weights of a (merged) Hugging Face `Gemma3TextModel`."""
+        cfg = decoder.config
+        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim, self.eps = cfg.head_dim, cfg.rms_norm_eps
+        self.scaling = cfg.query_pre_attn_scalar ** -0.5
+        emb = decoder.embed_tokens
+        self.embed = emb.weight.detach()
+        self.dtype = self.embed.dtype
+        self.embed_scale = float(getattr(emb, "scalar_embed_scale", math.sqrt(cfg.hidden_size)))
+        rope = _rope_thetas(cfg)
+        pack = can_pack(self.dtype)
+        self.layers: list[Layer] = []
+        for i, layer in enumerate(decoder.layers[: cfg.num_hidden_layers]):
+            att, mlp = layer.self_attn, layer.mlp
+            kind = cfg.layer_types[i]
+            theta = rope[kind]
+            inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
+            self.layers.append(Layer(
+                qkv=Linear(torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach(), pack),
+                o=Linear(att.o_proj.weight.detach(), pack),
+                gate_up=Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(), pack),
+                down=Linear(mlp.down_proj.weight.detach(), pack),
+                input_norm=_norm_weight(layer.input_layernorm), post_attn_norm=_norm_weight(layer.post_attention_layernorm),
+                pre_ff_norm=_norm_weight(layer.pre_feedforward_layernorm),
+                post_ff_norm=_norm_weight(layer.post_feedforward_layernorm),
+                q_norm=_norm_weight(att.q_norm), k_norm=_norm_weight(att.k_norm), inv_freq=inv_freq,
+                window=cfg.sliding_window if kind == "sliding_attention" else None))
+        self.final_norm = _norm_weight(decoder.norm)
+        self.intermediate = cfg.intermediate_size
+
+    # ------------------------------------------------------------------------------------------------
+    def encode_prefix(self, ids: list[int]) -> PrefixCache:
+        """Keys/values of every layer for the shared prefix (run once)."""
+        with torch.inference_mode():
+            x = torch.tensor([ids], dtype=torch.long)
+            _, cache = self._run(x, None, want_cache=True)
+        return cache
+
+    def hidden_at(self, ids: torch.Tensor, prefix: PrefixCache, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Final hidden states at (rows, cols) of right-padded suffixes `ids` [B, L] run on `prefix`."""
+        with torch.inference_mode():
+            h, _ = self._run(ids, prefix, want_cache=False, rows=rows, cols=cols)
+        return h
+
+    # ------------------------------------------------------------------------------------------------
+    def _run(self, ids: torch.Tensor, prefix: PrefixCache | None, want_cache: bool,
+             rows: torch.Tensor | None = None, cols: torch.Tensor | None = None):
+        B, L = ids.shape
+        P = 0 if prefix is None else prefix[0][0].shape[1]
+        x = F.embedding(ids, self.embed) * torch.tensor(self.embed_scale, dtype=self.dtype)
+        pos = torch.arange(P, P + L, dtype=torch.float)
+        masks: dict[int | None, torch.Tensor] = {}
+        trig: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        cache: PrefixCache = []
+        for li, layer in enumerate(self.layers):
+            if layer.window not in masks:
+                masks[layer.window] = _mask(P, L, layer.window)
+            key = -1 if layer.window is None else layer.window  # one RoPE base per attention kind
+            if key not in trig:
+                freqs = pos[:, None] * layer.inv_freq[None, :]
+                emb = torch.cat((freqs, freqs), dim=-1)
+                trig[key] = (emb.cos().to(self.dtype), emb.sin().to(self.dtype))
+            cos, sin = trig[key]
+            last = li == len(self.layers) - 1 and rows is not None
+            x, kv = self._layer(layer, x, None if prefix is None else prefix[li], masks[layer.window], cos, sin,
+                                (rows, cols) if last else None)
+            if want_cache:
+                cache.append(kv)
+        return _rms(x, self.final_norm, self.eps), cache
+
+    def _layer(self, w: Layer, x: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor] | None,
+               mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, only=None):
+        B, L, _ = x.shape
+        nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
+        g = nh // nkv
+        h = _rms(x, w.input_norm, self.eps)
+        qkv = w.qkv(h)
+        q = qkv[..., : nh * hd].view(B, L, nh, hd)
+        k = qkv[..., nh * hd: (nh + nkv) * hd].view(B, L, nkv, hd)
+        v = qkv[..., (nh + nkv) * hd:].view(B, L, nkv, hd)
+        q = _rope(_rms(q, w.q_norm, self.eps), cos[:, None], sin[:, None])
+        k = _rope(_rms(k, w.k_norm, self.eps), cos[:, None], sin[:, None])
+        # queries grouped under their key/value head: [B, n_kv, g * L, hd], no copy of keys/values per head
+        q = q.view(B, L, nkv, g, hd).permute(0, 2, 3, 1, 4).reshape(B, nkv, g * L, hd)
+        k = k.transpose(1, 2)  # [B, n_kv, L, hd]
+        v = v.transpose(1, 2)
+        scores = (q @ k.transpose(-1, -2)).float()  # [B, n_kv, gL, L]
+        if prefix is not None:
+            pk, pv = prefix  # [n_kv, P, hd], shared by the whole batch: one matmul for every row
+            sp = (q.transpose(0, 1).reshape(nkv, B * g * L, hd) @ pk.transpose(1, 2)).float()
+            scores = torch.cat([sp.view(nkv, B, g * L, -1).transpose(0, 1), scores], dim=-1)
+        scores = scores * self.scaling + mask.repeat(g, 1)
+        probs = torch.softmax(scores, dim=-1).to(x.dtype)
+        P = scores.shape[-1] - L
+        out = probs[..., P:] @ v
+        if prefix is not None:
+            pp = probs[..., :P].transpose(0, 1).reshape(nkv, B * g * L, P)
+            out = out + (pp @ pv).view(nkv, B, g * L, hd).transpose(0, 1)
+        out = out.view(B, nkv, g, L, hd).permute(0, 3, 1, 2, 4).reshape(B, L, nh * hd)
+        if only is not None:  # last layer: the rest is per position, so keep just the positions asked for
+            rows, cols = only
+            x, out = x[rows, cols].unsqueeze(0), out[rows, cols].unsqueeze(0)
+        x = x + _rms(w.o(out), w.post_attn_norm, self.eps)
+        gu = w.gate_up(_rms(x, w.pre_ff_norm, self.eps))
+        gate, up = gu[..., : self.intermediate], gu[..., self.intermediate:]
+        ff = w.down(F.gelu(gate, approximate="tanh") * up)
+        x = x + _rms(ff, w.post_ff_norm, self.eps)
+        if only is not None:
+            x = x[0]
+        return x, (k[0], v[0]) if B == 1 else None
+
+
+def _norm_weight(norm) -> torch.Tensor:
+    return (1.0 + norm.weight.detach().float())
+
+
+def _rope_thetas(cfg) -> dict[str, float]:
+    """RoPE base per layer type (transformers 5 `rope_parameters`, or the older flat fields)."""
+    params = getattr(cfg, "rope_parameters", None)
+    if isinstance(params, dict) and "full_attention" in params:
+        out = {}
+        for kind, p in params.items():
+            if p.get("rope_type", "default") != "default":
+                raise ValueError(f"rope type {p['rope_type']!r} is not supported by the lean runtime")
+            out[kind] = float(p["rope_theta"])
+        return out
+    return {"full_attention": float(cfg.rope_theta), "sliding_attention": float(cfg.rope_local_base_freq)}
+
+
+def _mask(P: int, L: int, window: int | None) -> torch.Tensor:
+    """Additive mask [L, P + L]: causal over the suffix, and the sliding window over everything."""
+    q = torch.arange(P, P + L)[:, None]
+    kv = torch.arange(P + L)[None, :]
+    visible = kv <= q
+    if window is not None:
+        visible &= (q - kv) < window
+    return torch.where(visible, 0.0, float("-inf"))

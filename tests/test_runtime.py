@@ -1,0 +1,74 @@
+"""The lean inference forward (runtime.py) against the Hugging Face Gemma 3 it replaces for routing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shoprouter.agents import default_registry
+from shoprouter.lora import LoraRouter
+from shoprouter.model import load_base
+from shoprouter.runtime import SuffixDecoder
+from shoprouter.scoring import Engine
+
+
+def _tiny_gemma(sliding_window: int, seed: int = 0):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=sliding_window,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                           max_position_embeddings=512, pad_token_id=0, bos_token_id=2, eos_token_id=1,
+                           attn_implementation="eager")
+    model = Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():  # random norm weights too, so a wrong (1 + w) or eps would show
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("window", [512, 6])  # 6: the sliding window cuts into the prefix and the suffix
+def test_lean_forward_equals_transformers_on_a_cached_prefix(window):
+    model = _tiny_gemma(window)
+    body = model.model
+    prefix = [2, 17, 45, 99, 120, 7, 8, 9, 10, 11]
+    suffixes = [[30, 31, 32, 33, 34, 35, 36, 37], [40, 41, 42], [50, 51, 52, 53, 54]]
+    with torch.no_grad():
+        ref = []
+        for s in suffixes:
+            out = body(input_ids=torch.tensor([prefix + s]))
+            ref.append(out.last_hidden_state[0, len(prefix):])
+    lean = SuffixDecoder(body)
+    cache = lean.encode_prefix(prefix)
+    width = max(map(len, suffixes))
+    ids = torch.zeros(len(suffixes), width, dtype=torch.long)
+    for i, s in enumerate(suffixes):
+        ids[i, : len(s)] = torch.tensor(s)
+    rows = torch.tensor([i for i, s in enumerate(suffixes) for _ in s])
+    cols = torch.tensor([c for s in suffixes for c in range(len(s))])
+    got = lean.hidden_at(ids, cache, rows, cols)
+    torch.testing.assert_close(got, torch.cat(ref), rtol=1e-4, atol=1e-4)
+
+
+def test_router_lean_and_transformers_forward_agree(tiny_adapter, tiny_base):
+    out, _ = tiny_adapter
+    texts = ["where is my order", "my card was declined twice and the app crashed", "tell me a joke"]
+    hist = [[], [{"text": "hello", "label": "clarify"}], []]
+    hf = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", forward="hf").route_batch(texts, hist)
+    lean = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", forward="lean").route_batch(texts, hist)
+    for a, b in zip(hf, lean, strict=True):
+        assert a.decision == b.decision
+        assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-4
+
+
+def test_lean_engine_batch_equals_one_by_one(tiny_base):
+    b = load_base(str(tiny_base))
+    engine = Engine(b.model, b.tokenizer, default_registry())
+    engine.use_runtime()
+    enc = [engine.encode(t) for t in ["a", "where is my parcel 5531 please", "refund?"]]
+    together = engine.score(enc)
+    alone = torch.cat([engine.score([e]) for e in enc])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(together.sum(-1), torch.ones(3))
