@@ -197,3 +197,19 @@ def test_error_bad_options(tmp_path, labelled_file):
     assert_one_line_error(run("route", "hi", "-r", "rules", "--no-such-flag"), "no such option")
     target = _file(tmp_path, "afile", b"x")
     assert_one_line_error(run("data", "generate", "--out", target), "not a directory")
+
+
+def test_bench_json_with_router_options(labelled_file):
+    proc = run("bench", "--data", labelled_file, "--routers", "keyword,rules:clarify_threshold=0.5",
+               "--n-single", "5", "--n-batch", "8", "--batch-size", "4", "--reference-n", "0", "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = json.loads(proc.stdout)
+    assert [r["router"] for r in out["results"]] == ["keyword", "rules:clarify_threshold=0.5"]
+    for r in out["results"]:
+        assert "error" not in r, r
+        assert r["single_ms"]["n"] == 5 and r["single_ms"]["p50"] <= r["single_ms"]["p95"]
+        assert r["throughput_msgs_per_s"] > 0 and r["peak_rss_mb_process"] > 0
+
+
+def test_bench_unknown_router_is_a_one_line_error(labelled_file):
+    assert_one_line_error(run("bench", "--data", labelled_file, "--routers", "lora,nope:x=1", "--json"), "nope")

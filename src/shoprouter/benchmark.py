@@ -65,6 +65,7 @@ def bench_reference_generate(rows: Sequence[Row], n: int, adapter: str | None = 
 
     from . import prompt
     from .lora import load_adapted_model, read_meta, registry_from_meta, shipped_adapter
+    from .scoring import Engine
 
     path = adapter or shipped_adapter()
     from pathlib import Path
@@ -73,15 +74,16 @@ def bench_reference_generate(rows: Sequence[Row], n: int, adapter: str | None = 
     registry = registry_from_meta(meta)
     rss0 = _rss_mb()
     model, tok = load_adapted_model(meta.get("base"), Path(path), merge=False)
+    engine = Engine(model, tok, registry)  # the same token ids as training (markers as single tokens)
     times, correct = [], 0
     for i in range(n):
         row = rows[i % len(rows)]
-        text = prompt.render(row.text, row.history, registry).removeprefix(prompt.BOS)
-        ids = tok(text, return_tensors="pt", add_special_tokens=True)
+        ids = torch.tensor([engine.prefix_ids + engine.encode(row.text, row.history).ids])
         t = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(**ids, max_new_tokens=30, do_sample=False)
-        gen = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=False)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=30,
+                                 do_sample=False)
+        gen = prompt.CALL + tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
         label = prompt.parse_call(gen, registry)
         times.append((time.perf_counter() - t) * 1000)
         correct += int(label == row.label)

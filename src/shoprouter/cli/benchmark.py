@@ -13,7 +13,9 @@ from . import app
 @app.command()
 def bench(
     data: Path = typer.Option(None, "--data", help="Messages to route (JSONL rows). Default: the realistic dev set."),
-    routers: str = typer.Option("lora,keyword,rules,tfidf,embedding", help="Comma-separated router names."),
+    routers: str = typer.Option("lora,keyword,rules,tfidf,embedding",
+                                help="Comma-separated router names; NAME:KEY=VALUE:… passes options, e.g. "
+                                     "lora:forward=hf:dtype=float32 (the transformers forward in float32)."),
     n_single: int = typer.Option(200, "--n-single", help="Messages routed one at a time."),
     n_batch: int = typer.Option(512, "--n-batch", help="Messages routed in batches."),
     batch_size: int = typer.Option(32, "--batch-size"),
@@ -29,18 +31,26 @@ def bench(
     from ..errors import InputError
     from ..router import ROUTER_NAMES
     from ..rows import read_rows
+    from .routing import parse_options
 
     path = data or Path(__file__).resolve().parents[3] / "data" / "realistic_dev.jsonl"
     read_rows(path)  # validate before spawning anything
-    names = [n.strip() for n in routers.split(",") if n.strip()]
-    for n in names:
-        if n not in ROUTER_NAMES:
-            raise InputError(f"unknown router {n!r}; choose from {', '.join(ROUTER_NAMES)}")
+    specs = [n.strip() for n in routers.split(",") if n.strip()]
+    parsed = []
+    for spec in specs:
+        name, *opts = spec.split(":")
+        if name not in ROUTER_NAMES:
+            raise InputError(f"unknown router {name!r}; choose from {', '.join(ROUTER_NAMES)}")
+        kw = parse_options(opts)
+        if adapter and name == "lora":
+            kw["adapter"] = str(adapter)
+        parsed.append((spec, name, kw))
     results = []
-    for n in names:
-        kw = {"adapter": str(adapter)} if (adapter and n == "lora") else None
-        results.append(run_isolated("router", str(path), name=n, n_single=n_single, n_batch=n_batch,
-                                    batch_size=batch_size, router_kwargs=kw))
+    for spec, name, kw in parsed:
+        res = run_isolated("router", str(path), name=name, n_single=n_single, n_batch=n_batch,
+                           batch_size=batch_size, router_kwargs=kw or None)
+        res["router"] = spec
+        results.append(res)
     if reference:
         results.append(run_isolated("reference", str(path), n=reference, adapter=str(adapter) if adapter else None))
     if json_out:
