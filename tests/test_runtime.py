@@ -72,3 +72,14 @@ def test_lean_engine_batch_equals_one_by_one(tiny_base):
     alone = torch.cat([engine.score([e]) for e in enc])
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(together.sum(-1), torch.ones(3))
+
+
+def test_mapped_embedding_equals_the_loaded_one(tiny_base):
+    from shoprouter.model import mapped_tensor
+
+    mapped = mapped_tensor(tiny_base, "model.embed_tokens.weight")
+    loaded = load_base(str(tiny_base)).model.model.embed_tokens.weight
+    assert mapped is not None and mapped.shape == loaded.shape
+    torch.testing.assert_close(mapped[[0, 5, 2000, mapped.shape[0] - 1]], loaded[[0, 5, 2000, loaded.shape[0] - 1]])
+    assert mapped_tensor(tiny_base, "no.such.tensor") is None
+    assert mapped_tensor(tiny_base / "missing", "model.embed_tokens.weight") is None

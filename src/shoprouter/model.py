@@ -102,6 +102,37 @@ def resolve_dtype(dtype: str | None, device: str = "cpu") -> str:
     return dtype
 
 
+def mapped_tensor(directory: Path | str, name: str):
+    """A tensor of a local safetensors checkpoint, memory-mapped from disk instead of read into memory.
+
+    Only the pages that are touched become resident (for an embedding table: the rows of the tokens
+    actually looked up). None when the directory has no safetensors file holding `name` as F32/F16/BF16.
+    """
+    import json
+
+    import numpy as np
+    import torch
+
+    dtypes = {"F32": (np.float32, None), "F16": (np.float16, None), "BF16": (np.uint16, torch.bfloat16)}
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    for path in sorted(directory.glob("*.safetensors")):
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size))
+        info = header.get(name)
+        if info is None or info["dtype"] not in dtypes:
+            continue
+        np_dtype, view = dtypes[info["dtype"]]
+        start, end = info["data_offsets"]
+        arr = np.memmap(path, dtype=np_dtype, mode="c", offset=8 + size + start, shape=tuple(info["shape"]))
+        assert arr.nbytes == end - start
+        tensor = torch.from_numpy(arr)
+        return tensor.view(view) if view is not None else tensor
+    return None
+
+
 @dataclass
 class LoadedBase:
     model: object

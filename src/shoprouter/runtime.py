@@ -86,15 +86,19 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class SuffixDecoder:
     """Gemma 3 decoder weights arranged for batched suffix scoring on a cached prefix (inference only)."""
 
-    def __init__(self, decoder):
-        """Take the weights of a (merged) Hugging Face `Gemma3TextModel`."""
+    def __init__(self, decoder, embedding: torch.Tensor | None = None):
+        """Take the weights of a (merged) Hugging Face `Gemma3TextModel`.
+
+        `embedding` may replace its token-embedding table with an equal one held elsewhere (a memory-mapped
+        file, so the 262,144-row table is not kept in memory); rows are cast to the model's dtype on lookup.
+        """
         cfg = decoder.config
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim, self.eps = cfg.head_dim, cfg.rms_norm_eps
         self.scaling = cfg.query_pre_attn_scalar ** -0.5
         emb = decoder.embed_tokens
-        self.embed = emb.weight.detach()
-        self.dtype = self.embed.dtype
+        self.dtype = emb.weight.dtype
+        self.embed = emb.weight.detach() if embedding is None else embedding
         self.embed_scale = float(getattr(emb, "scalar_embed_scale", math.sqrt(cfg.hidden_size)))
         rope = _rope_thetas(cfg)
         pack = can_pack(self.dtype)
@@ -136,7 +140,7 @@ class SuffixDecoder:
              rows: torch.Tensor | None = None, cols: torch.Tensor | None = None):
         B, L = ids.shape
         P = 0 if prefix is None else prefix[0][0].shape[1]
-        x = F.embedding(ids, self.embed) * torch.tensor(self.embed_scale, dtype=self.dtype)
+        x = F.embedding(ids, self.embed).to(self.dtype) * torch.tensor(self.embed_scale, dtype=self.dtype)
         pos = torch.arange(P, P + L, dtype=torch.float)
         masks: dict[int | None, torch.Tensor] = {}
         trig: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

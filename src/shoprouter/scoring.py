@@ -122,15 +122,22 @@ class Engine:
     def device(self) -> torch.device:
         return torch.device("cpu") if self._runtime is not None else next(self.model.parameters()).device
 
-    def use_runtime(self) -> None:
+    def use_runtime(self, embedding: torch.Tensor | None = None) -> None:
         """Route with the lean inference forward (runtime.py) from now on; the HF model is then dropped.
 
         Inference only: call it on a merged model. Keeps only the candidate rows of the output head.
+        `embedding`: an equal token-embedding table held elsewhere (memory-mapped), checked on the prefix rows.
         """
         from .runtime import SuffixDecoder
 
         self.freeze_head()
-        self._runtime = SuffixDecoder(self._decoder())
+        if embedding is not None:
+            ids = torch.tensor(self.prefix_ids)
+            own = self._decoder().embed_tokens.weight[ids].float()
+            if embedding.shape != self._decoder().embed_tokens.weight.shape or not torch.allclose(
+                    embedding[ids].float(), own, rtol=1e-2, atol=1e-3):
+                embedding = None  # e.g. an adapter that trained token embeddings: keep the model's own
+        self._runtime = SuffixDecoder(self._decoder(), embedding)
         self._prefix_cache = None
         self.model = None
 
