@@ -83,3 +83,14 @@ def test_mapped_embedding_equals_the_loaded_one(tiny_base):
     torch.testing.assert_close(mapped[[0, 5, 2000, mapped.shape[0] - 1]], loaded[[0, 5, 2000, loaded.shape[0] - 1]])
     assert mapped_tensor(tiny_base, "no.such.tensor") is None
     assert mapped_tensor(tiny_base / "missing", "model.embed_tokens.weight") is None
+
+
+def test_bfloat16_copy_holds_the_cast_weights(tiny_base, tmp_path):
+    from shoprouter.model import copy_as_dtype, mapped_tensor
+
+    copy = copy_as_dtype(tiny_base, tmp_path / "bf16", "bfloat16")
+    assert (copy / "COMPLETE").is_file()
+    mapped = mapped_tensor(copy, "model.embed_tokens.weight")
+    assert mapped.dtype == torch.bfloat16
+    loaded = load_base(str(tiny_base)).model.model.embed_tokens.weight
+    assert torch.equal(mapped[:50], loaded[:50].to(torch.bfloat16))

@@ -92,11 +92,11 @@ def compact_for_inference(engine, quantize: str | None) -> None:
     engine.clear_cache()
 
 
-def _mapped_embedding(base: str | None):
+def _mapped_embedding(base: str | None, dtype: str):
     """The base model's token embeddings memory-mapped from its local safetensors files (None if remote)."""
     from .model import mapped_tensor, resolve_base
 
-    where = resolve_base(base)
+    where = resolve_base(base, dtype)
     return mapped_tensor(where, "model.embed_tokens.weight") if isinstance(where, Path) else None
 
 
@@ -147,7 +147,7 @@ class LoraRouter(Router):
             raise ShopRouterError(f"unknown forward {forward!r}; use 'lean' (runtime.py) or 'hf' (transformers)")
         self.forward = "hf" if quantize else forward  # the int8 layers run only in the transformers forward
         if self.forward == "lean":
-            self.engine.use_runtime(_mapped_embedding(base or meta.get("base")))
+            self.engine.use_runtime(_mapped_embedding(base or meta.get("base"), self.dtype))
         self.engine.prefix_cache()  # encode the declarations once, now
 
     def scores_batch(self, texts: Sequence[str], histories: Sequence[Sequence[Turn]]) -> list[dict[str, float]]:

@@ -66,13 +66,45 @@ def _convert_embedded(target: Path) -> Path:
     return target
 
 
-def resolve_base(base: str | None = None) -> Path | str:
-    """A loadable location for the base model: the converted embedded model, a local path or an HF id."""
+def copy_as_dtype(src: Path, target: Path, dtype: str) -> Path:
+    """Save a copy of a local model directory with its weights cast to `dtype` (atomic: temp dir, rename).
+
+    Loading a bfloat16 copy needs about half the memory at its peak of loading the float32 weights and
+    casting them; the weights are the same as that cast.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(src), local_files_only=True, dtype=getattr(torch, dtype))
+        model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(src), local_files_only=True).save_pretrained(tmp)
+        (tmp / "COMPLETE").write_text("ok\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_base(base: str | None = None, dtype: str = "float32") -> Path | str:
+    """A loadable location for the base model: the converted embedded model, a local path or an HF id.
+
+    For the embedded model and `dtype` bfloat16, a bfloat16 copy of the converted weights (made once).
+    """
     base = base or os.environ.get("SHOPROUTER_BASE") or EMBEDDED
     if base == EMBEDDED:
         target = embedded_cache_path()
         if not (target / "COMPLETE").is_file():
             _convert_embedded(target)
+        if dtype != "float32":
+            copy = target.with_name(f"{target.name}-{dtype}")
+            if not (copy / "COMPLETE").is_file():
+                copy_as_dtype(target, copy, dtype)
+            return copy
         return target
     path = Path(base).expanduser()
     if path.exists():
@@ -144,7 +176,7 @@ def load_base(base: str | None = None, dtype: str = "float32") -> LoadedBase:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    where = resolve_base(base)
+    where = resolve_base(base, dtype)
     try:
         tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(str(where), local_files_only=True,
