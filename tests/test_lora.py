@@ -202,12 +202,15 @@ def test_fit_to_budget_shrinks_the_plan_to_the_time_left():
     from shoprouter.train import fit_to_budget
 
     log = {"steps": [{"examples_per_s": 8.0}] * 20, "elapsed_s": 40.0}  # 2 s a step of 16
-    fitted = fit_to_budget(log, total=1000, step=20, budget_s=240.0, steps_per_epoch=500, n_val=0, batch_size=16)
+    fitted = fit_to_budget(log, planned=1000, step=20, budget_s=240.0, steps_per_epoch=500, n_val=0, batch_size=16)
     assert 20 < fitted <= 20 + 100  # 200 s left at 2 s a step
-    assert fit_to_budget(log, total=30, step=20, budget_s=10_000.0, steps_per_epoch=500, n_val=0,
-                         batch_size=16) == 30  # never grows the plan
-    assert fit_to_budget(log, total=1000, step=20, budget_s=1.0, steps_per_epoch=500, n_val=0,
+    assert fit_to_budget(log, planned=30, step=20, budget_s=10_000.0, steps_per_epoch=500, n_val=0,
+                         batch_size=16) == 30  # never more than planned
+    assert fit_to_budget(log, planned=1000, step=20, budget_s=1.0, steps_per_epoch=500, n_val=0,
                          batch_size=16) == 21  # at least one more step
+    faster = {"steps": [{"examples_per_s": 16.0}] * 100, "elapsed_s": 40.0}  # the load went away: 1 s a step
+    assert fit_to_budget(faster, planned=1000, step=20, budget_s=240.0, steps_per_epoch=500, n_val=0,
+                         batch_size=16) > fitted  # the plan grows back
 
 
 def test_time_budget_run_ends_with_its_schedule(tiny_base, tiny_data, tmp_path):

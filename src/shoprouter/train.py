@@ -136,22 +136,23 @@ def cosine_with_warmup(step: int, total: int, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - n_warm) / max(1, total - n_warm))))
 
 
-def fit_to_budget(log: dict, total: int, step: int, budget_s: float, steps_per_epoch: int, n_val: int,
+def fit_to_budget(log: dict, planned: int, step: int, budget_s: float, steps_per_epoch: int, n_val: int,
                   batch_size: int) -> int:
-    """Shrink the planned number of steps so training (and its validation passes) ends within the budget.
+    """The number of steps that fits the time budget (validation passes included), at most `planned`.
 
-    Uses the median time of the recent steps; never grows the plan, never goes below the current step + 1.
-    The cosine schedule follows the new total, so a time-limited run still decays its learning rate to 0.
+    Uses the median time of the recent steps, so it follows the machine's load in both directions (a burst
+    of other work shrinks the plan only while it lasts); never below the current step + 1. The cosine
+    schedule follows the fitted total, so a time-limited run still decays its learning rate to 0.
     """
     recent = [batch_size / s["examples_per_s"] for s in log["steps"][-100:] if s["examples_per_s"] > 0]
     if not recent:
-        return total
+        return planned
     per_step = sorted(recent)[len(recent) // 2]
-    n_val_passes = 1 + max(0, total - step) // steps_per_epoch  # per epoch, plus the final calibration
+    n_val_passes = 1 + max(0, planned - step) // steps_per_epoch  # per epoch, plus the final calibration
     val_s = n_val_passes * (n_val / batch_size) * per_step / 3  # a no-grad pass costs about a third of a step
     left = budget_s - log["elapsed_s"] - val_s
     fitted = step + max(1, int(0.97 * left / per_step))
-    return max(step + 1, min(total, fitted))
+    return max(step + 1, min(planned, fitted))
 
 
 def _device() -> torch.device:
@@ -207,7 +208,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
     enc_val = [engine.encode(r.text, r.history, r.label) for r in val_sample]
 
     steps_per_epoch = math.ceil(len(enc_train) / cfg.batch_size)
-    total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    total_steps = planned_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     plan = {"total": total_steps}  # shrunk to fit --max-minutes once the step time is known
@@ -256,7 +257,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
                 bar.write(f"step {step}: val accuracy {acc:.4f} on {len(enc_val)} rows")
             if cfg.max_minutes is not None and (step - first_step == FIT_AFTER_STEPS or step % cfg.checkpoint_every == 0):
                 total_steps = plan["total"] = log["total_steps"] = fit_to_budget(
-                    log, plan["total"], step, cfg.max_minutes * 60, steps_per_epoch, len(enc_val), cfg.batch_size)
+                    log, planned_steps, step, cfg.max_minutes * 60, steps_per_epoch, len(enc_val), cfg.batch_size)
                 bar.total = total_steps
             if step % cfg.checkpoint_every == 0:
                 _checkpoint(model, opt, sched, step, log, ckpt)
