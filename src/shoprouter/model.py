@@ -41,26 +41,15 @@ def _convert_embedded(target: Path) -> Path:
         task = bar.add_task("assembling embedded Gemma 3 270M GGUF", total=3)
         gguf = g.assemble(target.parent / g.MODEL_NAME)
         bar.update(task, advance=1, description="dequantising GGUF (about a minute, once)")
-        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-        try:
-            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                         dtype=torch.float32)
-            # the weights are plain float tensors now: drop the GGUF quantiser so save_pretrained accepts them
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            model.hf_quantizer = None
-            model.is_quantized = False
-            bar.update(task, advance=1, description="writing safetensors cache")
-            model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
-            (tmp / "COMPLETE").write_text("ok\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # the weights are plain float tensors now: drop the GGUF quantiser so save_pretrained accepts them
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+        bar.update(task, advance=1, description="writing safetensors cache")
+        _save_atomic(model, tok, target)
         bar.update(task, advance=1)
     gguf.unlink(missing_ok=True)
     return target
@@ -75,11 +64,17 @@ def copy_as_dtype(src: Path, target: Path, dtype: str) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    model = AutoModelForCausalLM.from_pretrained(str(src), local_files_only=True, dtype=getattr(torch, dtype))
+    return _save_atomic(model, AutoTokenizer.from_pretrained(str(src), local_files_only=True), target)
+
+
+def _save_atomic(model, tokenizer, target: Path) -> Path:
+    """Write model + tokenizer + a COMPLETE marker into a temp dir next to `target`, then rename it there."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(src), local_files_only=True, dtype=getattr(torch, dtype))
         model.save_pretrained(tmp, safe_serialization=True)
-        AutoTokenizer.from_pretrained(str(src), local_files_only=True).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         (tmp / "COMPLETE").write_text("ok\n")
         if target.exists():
             shutil.rmtree(target)
