@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -48,15 +49,26 @@ def _top(decision) -> str:
 
 
 def test_routes_held_out_rows(router, test_rows):
-    """Measured on this sample with the shipped adapter: top-1 0.90, multi-turn top-1 0.91, decisions with
-    the 0.7 clarify threshold 0.76 (README has the full-split numbers); the bounds leave a small margin."""
+    """Measured on this sample (119 rows, 28 with history) with the shipped adapter: top-1 0.916, multi-turn
+    top-1 0.929, decisions with the 0.7 clarify threshold 0.849 (README has the full-split numbers); the
+    bounds leave a margin for float32 routing on CPUs without bfloat16."""
     decisions = router.route_batch([r.text for r in test_rows], [r.history for r in test_rows])
     pairs = list(zip(decisions, test_rows, strict=True))
     top1 = sum(_top(d) == r.label for d, r in pairs) / len(pairs)
-    assert top1 >= 0.85, top1
+    assert top1 >= 0.88, top1
     multi = [(d, r) for d, r in pairs if r.history]
-    assert sum(_top(d) == r.label for d, r in multi) / len(multi) >= 0.8
-    assert sum(d.decision == r.label for d, r in pairs) / len(pairs) >= 0.7
+    assert sum(_top(d) == r.label for d, r in multi) / len(multi) >= 0.85
+    assert sum(d.decision == r.label for d, r in pairs) / len(pairs) >= 0.8
+
+
+def test_routes_the_realistic_dev_set(router):
+    """The independent realistic dev set (500 messages, never trained on). Measured with the shipped adapter
+    (`shoprouter eval --data data/realistic_dev.jsonl`): top-1 0.938, accuracy with the clarify threshold 0.892."""
+    rows = read_rows(Path(__file__).resolve().parents[1] / "data" / "realistic_dev.jsonl")
+    decisions = router.route_batch([r.text for r in rows], [r.history for r in rows])
+    pairs = list(zip(decisions, rows, strict=True))
+    assert sum(_top(d) == r.label for d, r in pairs) / len(pairs) >= 0.9
+    assert sum(d.decision == r.label for d, r in pairs) / len(pairs) >= 0.85
 
 
 def test_boundary_cases_and_hostile_text(router):
