@@ -68,13 +68,12 @@ class Layer:
     window: int | None  # sliding window, None for full attention
 
 
-PrefixCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [n_kv, P, head_dim]
+PrefixCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys^T [n_kv, hd, P], values [n_kv, P, hd]
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Gemma's RMSNorm: normalise in float32, scale by (1 + w), back to the input dtype."""
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight).to(x.dtype)
+    return F.rms_norm(x.float(), (x.shape[-1],), weight, eps).to(x.dtype)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -139,7 +138,7 @@ class SuffixDecoder:
     def _run(self, ids: torch.Tensor, prefix: PrefixCache | None, want_cache: bool,
              rows: torch.Tensor | None = None, cols: torch.Tensor | None = None):
         B, L = ids.shape
-        P = 0 if prefix is None else prefix[0][0].shape[1]
+        P = 0 if prefix is None else prefix[0][1].shape[1]  # values: [n_kv, P, hd]
         x = F.embedding(ids, self.embed).to(self.dtype) * torch.tensor(self.embed_scale, dtype=self.dtype)
         pos = torch.arange(P, P + L, dtype=torch.float)
         masks: dict[int | None, torch.Tensor] = {}
@@ -179,8 +178,8 @@ class SuffixDecoder:
         v = v.transpose(1, 2)
         scores = (q @ k.transpose(-1, -2)).float()  # [B, n_kv, gL, L]
         if prefix is not None:
-            pk, pv = prefix  # [n_kv, P, hd], shared by the whole batch: one matmul for every row
-            sp = (q.transpose(0, 1).reshape(nkv, B * g * L, hd) @ pk.transpose(1, 2)).float()
+            pk_t, pv = prefix  # shared by the whole batch: one matmul for every row; keys stored transposed
+            sp = (q.transpose(0, 1).reshape(nkv, B * g * L, hd) @ pk_t).float()
             scores = torch.cat([sp.view(nkv, B, g * L, -1).transpose(0, 1), scores], dim=-1)
         scores = scores * self.scaling + mask.repeat(g, 1)
         probs = torch.softmax(scores, dim=-1).to(x.dtype)
@@ -200,7 +199,7 @@ class SuffixDecoder:
         x = x + _rms(ff, w.post_ff_norm, self.eps)
         if only is not None:
             x = x[0]
-        return x, (k[0], v[0]) if B == 1 else None
+        return x, (k[0].transpose(-1, -2).contiguous(), v[0].contiguous()) if B == 1 else None
 
 
 def _norm_weight(norm) -> torch.Tensor:
