@@ -134,12 +134,6 @@ def suffix_text(text: str, history: Sequence[Turn] | None, registry: Registry) -
     return "".join(parts)
 
 
-def render(text: str, history: Sequence[Turn] | None, registry: Registry, label: str | None = None) -> str:
-    """The whole conversation as one string (with the answer when `label` is given)."""
-    out = prefix_text(registry) + suffix_text(text, history, registry)
-    return out + answer_text(label, registry) if label is not None else out
-
-
 _CALL_RE = re.compile(r"call:([A-Za-z_][A-Za-z0-9_]*)")
 
 

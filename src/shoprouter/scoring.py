@@ -130,7 +130,8 @@ class Engine:
         """
         from .runtime import SuffixDecoder
 
-        self.freeze_head()
+        if self._head_rows is None:
+            self.freeze_head()
         if embedding is not None:
             ids = torch.tensor(self.prefix_ids)
             own = self._decoder().embed_tokens.weight[ids].float()
