@@ -94,3 +94,13 @@ def test_bfloat16_copy_holds_the_cast_weights(tiny_base, tmp_path):
     assert mapped.dtype == torch.bfloat16
     loaded = load_base(str(tiny_base)).model.model.embed_tokens.weight
     assert torch.equal(mapped[:50], loaded[:50].to(torch.bfloat16))
+
+
+def test_dtype_choice_is_checked():
+    from shoprouter.errors import ShopRouterError
+    from shoprouter.model import fast_dtype, resolve_dtype
+
+    assert resolve_dtype("auto") == resolve_dtype(None) == fast_dtype()
+    assert resolve_dtype("float32") == "float32"
+    with pytest.raises(ShopRouterError, match="unknown dtype"):
+        resolve_dtype("float64")
