@@ -1,7 +1,7 @@
 """Replay a labelled pilot week through the real conversation flow and correct it as a support human would.
 
     python scripts/pilot_week.py --data data/pilot_traffic.jsonl --store runs/pilot/conversations.sqlite3 \
-        --week 1 --held-out runs/pilot/week2.jsonl
+        --held-out runs/pilot/week2.jsonl
 
 Rows of the pilot file are split into two weeks by group number (odd: week 1, even: week 2). Every week-1
 row becomes a conversation in a real SQLite store: its earlier turns and then its message are sent through
@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 from shoprouter.conversation import ConversationManager
-from shoprouter.rows import read_rows, write_rows
 from shoprouter.router import get_router
+from shoprouter.rows import read_rows, write_rows
 from shoprouter.session import open_store
 
 

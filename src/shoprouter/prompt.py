@@ -53,6 +53,7 @@ NON_AGENT_FUNCTIONS = {
 RESERVED_MARKER_TOKENS = {START_DECL: "<unused0>", END_DECL: "<unused1>", START_CALL: "<unused2>",
                           END_CALL: "<unused3>", ESC: "<unused4>"}
 TEMPLATE_MARKERS = (START_TURN, END_TURN, START_CALL, END_CALL, START_DECL, END_DECL, ESC)
+_TEMPLATE_MARKER_RE = re.compile("(" + "|".join(re.escape(m) for m in TEMPLATE_MARKERS) + ")")
 HISTORY_WINDOW = 3  # earlier user turns kept in the prompt
 _MARKER_RE = re.compile(r"<\s*/?\s*[A-Za-z][A-Za-z0-9_|\-]*\s*>")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
@@ -87,8 +88,7 @@ def marker_ids(marker: str, tokenizer) -> list[int]:
 
 def split_markers(text: str) -> list[tuple[str, bool]]:
     """Split template text into (piece, is_marker) around the prompt's control markers."""
-    pattern = re.compile("(" + "|".join(re.escape(m) for m in TEMPLATE_MARKERS) + ")")
-    return [(p, p in TEMPLATE_MARKERS) for p in pattern.split(text) if p]
+    return [(p, p in TEMPLATE_MARKERS) for p in _TEMPLATE_MARKER_RE.split(text) if p]
 
 
 def function_name(label: str, registry: Registry) -> str:

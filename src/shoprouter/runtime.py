@@ -156,8 +156,8 @@ class SuffixDecoder:
             last = li == len(self.layers) - 1 and rows is not None
             x, kv = self._layer(layer, x, None if prefix is None else prefix[li], masks[layer.window], cos, sin,
                                 (rows, cols) if last else None)
-            if want_cache:
-                cache.append(kv)
+            if want_cache:  # batch of one (the prefix): keys stored transposed for the suffix matmul
+                cache.append((kv[0][0].transpose(-1, -2).contiguous(), kv[1][0].contiguous()))
         return _rms(x, self.final_norm, self.eps), cache
 
     def _layer(self, w: Layer, x: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor] | None,
@@ -199,7 +199,7 @@ class SuffixDecoder:
         x = x + _rms(ff, w.post_ff_norm, self.eps)
         if only is not None:
             x = x[0]
-        return x, (k[0].transpose(-1, -2).contiguous(), v[0].contiguous()) if B == 1 else None
+        return x, (k, v)
 
 
 def _norm_weight(norm) -> torch.Tensor:

@@ -9,6 +9,7 @@ runs a batch of suffixes on top of that cache, and reads the model's next-token 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -209,7 +210,7 @@ class Engine:
         if self._runtime is not None:
             return self._runtime.hidden_at(ids, prefix, rows, cols)
         out = self._decoder()(input_ids=ids, use_cache=True,
-                              **{_cache_kwarg(self._decoder()): self._cache_for(prefix, len(seqs))})
+                              **{_cache_kwarg(type(self._decoder())): self._cache_for(prefix, len(seqs))})
         return out.last_hidden_state[rows, cols]
 
     # ---- scoring ------------------------------------------------------------------------------
@@ -275,8 +276,9 @@ class Engine:
             return self.label_log_probs(logits.float(), rows, temperature).exp()
 
 
-def _cache_kwarg(decoder) -> str:
+@functools.lru_cache(maxsize=8)
+def _cache_kwarg(decoder_class: type) -> str:
     """The forward keyword for a key/value cache: `cache` in transformers 5, `past_key_values` before."""
     import inspect
 
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
