@@ -40,7 +40,7 @@ def test_lean_forward_equals_transformers_on_a_cached_prefix(window):
         for s in suffixes:
             out = body(input_ids=torch.tensor([prefix + s]))
             ref.append(out.last_hidden_state[0, len(prefix):])
-    lean = SuffixDecoder(body)
+    lean = SuffixDecoder.from_module(body)
     cache = lean.encode_prefix(prefix)
     width = max(map(len, suffixes))
     ids = torch.zeros(len(suffixes), width, dtype=torch.long)
@@ -104,3 +104,40 @@ def test_dtype_choice_is_checked():
     assert resolve_dtype("float32") == "float32"
     with pytest.raises(ShopRouterError, match="unknown dtype"):
         resolve_dtype("float64")
+
+
+def test_router_loads_the_lean_forward_without_building_the_model(tiny_adapter, tiny_base):
+    out, _ = tiny_adapter
+    router = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32")
+    assert router.engine.model is None and router.engine._runtime is not None
+    assert router.route("where is my order").decision in router.labels
+
+
+def test_adapters_only_peft_can_merge_take_the_peft_path(tiny_adapter, tmp_path):
+    import json
+    import shutil
+
+    from shoprouter.lora import read_lora
+
+    out, _ = tiny_adapter
+    assert read_lora(out) is not None
+    for change in ({"use_dora": True}, {"target_modules": ["q_proj", "lm_head"]}, {"bias": "all"}):
+        other = tmp_path / "-".join(change)
+        shutil.copytree(out, other, ignore=shutil.ignore_patterns("checkpoint"))
+        cfg = json.loads((other / "adapter_config.json").read_text()) | change
+        (other / "adapter_config.json").write_text(json.dumps(cfg))
+        assert read_lora(other) is None
+
+
+def test_adapter_of_another_base_shape_is_refused(tiny_adapter):
+    from shoprouter.errors import ShopRouterError
+    from shoprouter.lora import read_lora
+
+    out, _ = tiny_adapter
+    lora = read_lora(out)
+    name = next(iter(lora.factors))
+    a, b = lora.factors[name]
+    with pytest.raises(ShopRouterError, match="trained on another base"):
+        lora.merged(name, torch.zeros(b.shape[0] + 1, a.shape[1]))
+    torch.testing.assert_close(lora.merged(name, torch.zeros(b.shape[0], a.shape[1])), lora.scale * (b @ a))
+    assert lora.merged("not.a.target.weight", torch.ones(2)).equal(torch.ones(2))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -59,6 +62,93 @@ def load_adapted_model(base: str | None, adapter: Path, merge: bool = True, dtyp
         model = model.merge_and_unload()
     model.eval()
     return model, loaded.tokenizer
+
+
+LEAN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_LORA_KEY = re.compile(r"^base_model\.model\.model\.(layers\.\d+\.(?:self_attn|mlp)\.(\w+))\.lora_([AB])\.weight$")
+
+
+@dataclass
+class LoraWeights:
+    """A plain LoRA adapter: per decoder weight name, the low-rank factors and the scale of B @ A."""
+
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (A [r, in], B [out, r])
+    scale: float
+
+    def merged(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """`weight` with its LoRA update added (in float32, then back to its dtype, as PEFT's merge does)."""
+        if name not in self.factors:
+            return weight
+        a, b = self.factors[name]
+        if b.shape[0] != weight.shape[0] or a.shape[1] != weight.shape[1]:
+            raise ShopRouterError(f"the adapter's {name} is {b.shape[0]}x{a.shape[1]} but the base model's is "
+                                  f"{weight.shape[0]}x{weight.shape[1]}: the adapter was trained on another base")
+        return (weight.float() + self.scale * (b.float() @ a.float())).to(weight.dtype)
+
+
+def read_lora(adapter: Path) -> LoraWeights | None:
+    """The adapter's LoRA factors, or None when it uses a PEFT feature only PEFT's own merge handles
+    (DoRA, biases, per-module ranks, trained embeddings, other target modules)."""
+    try:
+        cfg = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None  # the PEFT loader reports what is wrong with it
+    plain = (cfg.get("peft_type") == "LORA" and cfg.get("bias", "none") == "none"
+             and not any(cfg.get(k) for k in ("use_dora", "lora_bias", "modules_to_save", "rank_pattern",
+                                              "alpha_pattern", "fan_in_fan_out", "trainable_token_indices",
+                                              "layer_replication", "layers_to_transform"))
+             and isinstance(cfg.get("target_modules"), list) and set(cfg["target_modules"]) <= set(LEAN_TARGETS))
+    if not plain:
+        return None
+    try:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise ShopRouterError(f"cannot load adapter {adapter}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        m = _LORA_KEY.match(key)
+        if m is None or m.group(2) not in LEAN_TARGETS:
+            return None
+        parts.setdefault(m.group(1) + ".weight", {})[m.group(3)] = value
+    if not parts or any(set(v) != {"A", "B"} for v in parts.values()):
+        return None
+    r = int(cfg["r"])
+    scale = float(cfg["lora_alpha"]) / (math.sqrt(r) if cfg.get("use_rslora") else r)
+    return LoraWeights({k: (v["A"], v["B"]) for k, v in parts.items()}, scale)
+
+
+def lean_runtime(where: Path, lora: LoraWeights, dtype: str):
+    """The lean forward (runtime.SuffixDecoder) built straight from the base checkpoint with the LoRA update
+    merged, and the output head; no Hugging Face model is built. None when the checkpoint is not a Gemma 3
+    text model in local safetensors files."""
+    from transformers import AutoConfig
+
+    from .model import Checkpoint, mapped_tensor
+    from .runtime import SuffixDecoder
+
+    if not any(where.glob("*.safetensors")):
+        return None
+    try:
+        cfg = AutoConfig.from_pretrained(str(where), local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    if cfg.model_type != "gemma3_text":
+        return None
+    ckpt = Checkpoint(where)
+    prefix = "model." if "model.norm.weight" in ckpt else ""
+    torch_dtype = getattr(torch, dtype)
+
+    def tensor(name: str) -> torch.Tensor:
+        return lora.merged(name, ckpt.get(prefix + name).to(torch_dtype))
+
+    embedding = mapped_tensor(where, prefix + "embed_tokens.weight")
+    if embedding is None:
+        embedding = ckpt.get(prefix + "embed_tokens.weight").to(torch_dtype)
+    tied = getattr(cfg, "tie_word_embeddings", True) or "lm_head.weight" not in ckpt
+    head = embedding if tied else ckpt.get("lm_head.weight")
+    return SuffixDecoder.from_checkpoint(cfg, tensor, embedding, torch_dtype), head
 
 
 class Int8Embedding(torch.nn.Module):
@@ -139,16 +229,36 @@ class LoraRouter(Router):
         self.temperature = float(temperature if temperature is not None else meta.get("temperature", 1.0))
         self.batch_size = batch_size
         self.dtype = resolve_dtype(dtype)
-        model, tokenizer = load_adapted_model(base or meta.get("base"), adapter, dtype=self.dtype)
-        self.engine = Engine(model, tokenizer, registry)
-        self.quantize = quantize
-        compact_for_inference(self.engine, quantize)
         if forward not in ("lean", "hf"):
             raise ShopRouterError(f"unknown forward {forward!r}; use 'lean' (runtime.py) or 'hf' (transformers)")
+        self.quantize = quantize
         self.forward = "hf" if quantize else forward  # the int8 layers run only in the transformers forward
-        if self.forward == "lean":
-            self.engine.use_runtime(_mapped_embedding(base or meta.get("base"), self.dtype))
+        base = base or meta.get("base")
+        self.engine = self._lean_engine(base, adapter, registry) if self.forward == "lean" else None
+        if self.engine is None:  # through transformers + PEFT (and then, for "lean", to runtime.py)
+            model, tokenizer = load_adapted_model(base, adapter, dtype=self.dtype)
+            self.engine = Engine(model, tokenizer, registry)
+            compact_for_inference(self.engine, quantize)
+            if self.forward == "lean":
+                self.engine.use_runtime(_mapped_embedding(base, self.dtype))
         self.engine.prefix_cache()  # encode the declarations once, now
+
+    def _lean_engine(self, base: str | None, adapter: Path, registry: Registry):
+        """An engine on the lean forward built straight from the checkpoint files (None when the base or the
+        adapter needs the transformers/PEFT loader): the full model is never materialised, so loading is
+        faster and peaks lower."""
+        from .model import load_tokenizer, release_freed_memory, resolve_base
+        from .scoring import Engine
+
+        where = resolve_base(base, self.dtype)
+        lora = read_lora(adapter) if isinstance(where, Path) else None
+        built = lean_runtime(where, lora, self.dtype) if lora is not None else None
+        if built is None:
+            return None
+        engine = Engine(None, load_tokenizer(where), registry)
+        engine.set_runtime(*built)
+        release_freed_memory()
+        return engine
 
     def scores_batch(self, texts: Sequence[str], histories: Sequence[Sequence[Turn]]) -> list[dict[str, float]]:
         encoded = [self.engine.encode(t, h) for t, h in zip(texts, histories, strict=True)]

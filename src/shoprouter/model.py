@@ -163,6 +163,55 @@ def mapped_tensor(directory: Path | str, name: str):
     return None
 
 
+class Checkpoint:
+    """The tensors of a local safetensors checkpoint (one or several files), read one at a time by name."""
+
+    def __init__(self, directory: Path | str):
+        from safetensors import safe_open
+
+        self._where: dict[str, object] = {}
+        for path in sorted(Path(directory).glob("*.safetensors")):
+            handle = safe_open(str(path), "pt")
+            for name in handle.keys():
+                self._where[name] = handle
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def get(self, name: str):
+        """One tensor, read from disk."""
+        if name not in self._where:
+            raise ShopRouterError(f"the base checkpoint has no tensor {name!r}")
+        return self._where[name].get_tensor(name)
+
+
+def release_freed_memory() -> None:
+    """Hand memory that was freed back to the operating system (glibc keeps it otherwise).
+
+    Loading the 262k-token tokenizer parses a 33 MB JSON file into ~300 MB of short-lived objects; without
+    this the process keeps that memory for good. A no-op where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def load_tokenizer(where: Path | str):
+    """The base model's tokenizer, offline."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True)
+    except OSError as exc:
+        raise ShopRouterError(f"cannot load the tokenizer of {where!s} offline: {str(exc).splitlines()[0]}") from None
+    release_freed_memory()
+    return tok
+
+
 @dataclass
 class LoadedBase:
     model: object
@@ -172,11 +221,11 @@ class LoadedBase:
 def load_base(base: str | None = None, dtype: str = "float32") -> LoadedBase:
     """Load the base causal LM and its tokenizer, offline."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     where = resolve_base(base, dtype)
+    tok = load_tokenizer(where)
     try:
-        tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(str(where), local_files_only=True,
                                                      dtype=getattr(torch, dtype), attn_implementation="eager")
     except OSError as exc:

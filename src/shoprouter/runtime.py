@@ -11,6 +11,7 @@ weights reordered once into oneDNN's blocked layout, which a plain matmul otherw
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -85,40 +86,60 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class SuffixDecoder:
     """Gemma 3 decoder weights arranged for batched suffix scoring on a cached prefix (inference only)."""
 
-    def __init__(self, decoder, embedding: torch.Tensor | None = None):
-        """Take the weights of a (merged) Hugging Face `Gemma3TextModel`.
+    def __init__(self, cfg, tensor: Callable[[str], torch.Tensor], embedding: torch.Tensor, embed_scale: float,
+                 dtype: torch.dtype):
+        """Arrange the weights of a Gemma 3 text decoder.
 
-        `embedding` may replace its token-embedding table with an equal one held elsewhere (a memory-mapped
-        file, so the 262,144-row table is not kept in memory); rows are cast to the model's dtype on lookup.
+        `cfg`: its `Gemma3TextConfig`; `tensor(name)`: a weight by its name inside the decoder
+        (`layers.0.self_attn.q_proj.weight`, `norm.weight`, ...); `embedding`: the token-embedding table,
+        which may live elsewhere (a memory-mapped file, so the 262,144-row table is not kept in memory) —
+        rows are cast to `dtype` on lookup. Use `from_module` or `from_checkpoint`.
         """
-        cfg = decoder.config
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim, self.eps = cfg.head_dim, cfg.rms_norm_eps
         self.scaling = cfg.query_pre_attn_scalar ** -0.5
-        emb = decoder.embed_tokens
-        self.dtype = emb.weight.dtype
-        self.embed = emb.weight.detach() if embedding is None else embedding
-        self.embed_scale = float(getattr(emb, "scalar_embed_scale", math.sqrt(cfg.hidden_size)))
+        self.dtype = dtype
+        self.embed = embedding
+        self.embed_scale = embed_scale
         rope = _rope_thetas(cfg)
-        pack = can_pack(self.dtype)
+        pack = can_pack(dtype)
+
+        def w(name: str) -> torch.Tensor:
+            return tensor(name).detach().to(dtype)
+
         self.layers: list[Layer] = []
-        for i, layer in enumerate(decoder.layers[: cfg.num_hidden_layers]):
-            att, mlp = layer.self_attn, layer.mlp
+        for i in range(cfg.num_hidden_layers):
+            a, m = f"layers.{i}.self_attn.", f"layers.{i}.mlp."
             kind = cfg.layer_types[i]
-            theta = rope[kind]
-            inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
+            inv_freq = 1.0 / (rope[kind] ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
             self.layers.append(Layer(
-                qkv=Linear(torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach(), pack),
-                o=Linear(att.o_proj.weight.detach(), pack),
-                gate_up=Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(), pack),
-                down=Linear(mlp.down_proj.weight.detach(), pack),
-                input_norm=_norm_weight(layer.input_layernorm), post_attn_norm=_norm_weight(layer.post_attention_layernorm),
-                pre_ff_norm=_norm_weight(layer.pre_feedforward_layernorm),
-                post_ff_norm=_norm_weight(layer.post_feedforward_layernorm),
-                q_norm=_norm_weight(att.q_norm), k_norm=_norm_weight(att.k_norm), inv_freq=inv_freq,
-                window=cfg.sliding_window if kind == "sliding_attention" else None))
-        self.final_norm = _norm_weight(decoder.norm)
+                qkv=Linear(torch.cat([w(a + "q_proj.weight"), w(a + "k_proj.weight"), w(a + "v_proj.weight")]), pack),
+                o=Linear(w(a + "o_proj.weight"), pack),
+                gate_up=Linear(torch.cat([w(m + "gate_proj.weight"), w(m + "up_proj.weight")]), pack),
+                down=Linear(w(m + "down_proj.weight"), pack),
+                input_norm=_norm_weight(tensor(f"layers.{i}.input_layernorm.weight")),
+                post_attn_norm=_norm_weight(tensor(f"layers.{i}.post_attention_layernorm.weight")),
+                pre_ff_norm=_norm_weight(tensor(f"layers.{i}.pre_feedforward_layernorm.weight")),
+                post_ff_norm=_norm_weight(tensor(f"layers.{i}.post_feedforward_layernorm.weight")),
+                q_norm=_norm_weight(tensor(a + "q_norm.weight")), k_norm=_norm_weight(tensor(a + "k_norm.weight")),
+                inv_freq=inv_freq, window=cfg.sliding_window if kind == "sliding_attention" else None))
+        self.final_norm = _norm_weight(tensor("norm.weight"))
         self.intermediate = cfg.intermediate_size
+
+    @classmethod
+    def from_module(cls, decoder, embedding: torch.Tensor | None = None) -> SuffixDecoder:
+        """From a (merged) Hugging Face `Gemma3TextModel`; `embedding` may replace its embedding table."""
+        params = dict(decoder.named_parameters())
+        emb = decoder.embed_tokens
+        scale = float(getattr(emb, "scalar_embed_scale", math.sqrt(decoder.config.hidden_size)))
+        return cls(decoder.config, params.__getitem__, emb.weight.detach() if embedding is None else embedding,
+                   scale, emb.weight.dtype)
+
+    @classmethod
+    def from_checkpoint(cls, cfg, tensor: Callable[[str], torch.Tensor], embedding: torch.Tensor,
+                        dtype: torch.dtype) -> SuffixDecoder:
+        """From checkpoint weights read one at a time (no Hugging Face model is ever built)."""
+        return cls(cfg, tensor, embedding, math.sqrt(cfg.hidden_size), dtype)
 
     # ------------------------------------------------------------------------------------------------
     def encode_prefix(self, ids: list[int]) -> PrefixCache:
@@ -202,8 +223,8 @@ class SuffixDecoder:
         return x, (k, v)
 
 
-def _norm_weight(norm) -> torch.Tensor:
-    return (1.0 + norm.weight.detach().float())
+def _norm_weight(weight: torch.Tensor) -> torch.Tensor:
+    return 1.0 + weight.detach().float()
 
 
 def _rope_thetas(cfg) -> dict[str, float]:

@@ -131,15 +131,21 @@ class Engine:
         """
         from .runtime import SuffixDecoder
 
-        if self._head_rows is None:
-            self.freeze_head()
         if embedding is not None:
             ids = torch.tensor(self.prefix_ids)
             own = self._decoder().embed_tokens.weight[ids].float()
             if embedding.shape != self._decoder().embed_tokens.weight.shape or not torch.allclose(
                     embedding[ids].float(), own, rtol=1e-2, atol=1e-3):
                 embedding = None  # e.g. an adapter that trained token embeddings: keep the model's own
-        self._runtime = SuffixDecoder(self._decoder(), embedding)
+        head = self._head() if self._head_rows is None else None
+        self.set_runtime(SuffixDecoder.from_module(self._decoder(), embedding), head)
+
+    def set_runtime(self, runtime, head: torch.Tensor | None) -> None:
+        """Route with a lean forward (runtime.SuffixDecoder) and the output head `head` [vocab, hidden]
+        (only its candidate rows are kept; None when they are already kept). No HF model is used after this."""
+        if head is not None:
+            self.freeze_head(head, runtime.dtype)
+        self._runtime = runtime
         self._prefix_cache = None
         self.model = None
 
@@ -154,11 +160,15 @@ class Engine:
         m = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         return m.lm_head.weight
 
-    def freeze_head(self) -> None:
-        """Keep only the output-head rows of the candidate tokens (inference); the full head can then go."""
+    def freeze_head(self, head: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> None:
+        """Keep only the output-head rows of the candidate tokens (inference); the full head can then go.
+
+        `head`: the output head [vocab, hidden] when there is no HF model to take it from (its rows are
+        rounded to `dtype` first, as the model computing in that dtype would hold them)."""
         kids = sorted({c for p in self.tree.points for c in p.children})
         self._child_pos = {c: i for i, c in enumerate(kids)}
-        self._head_rows = self._head()[kids].detach().float().clone()
+        rows = (self._head() if head is None else head)[kids].detach()
+        self._head_rows = (rows if dtype is None else rows.to(dtype)).float().clone()
 
     def _candidate_rows(self, kids: Sequence[int]) -> torch.Tensor:
         if self._head_rows is not None:
