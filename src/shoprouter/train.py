@@ -126,6 +126,7 @@ def fit_temperature(logp: torch.Tensor, gold: torch.Tensor) -> float:
 
 
 FIT_AFTER_STEPS = 20  # steps timed before the schedule is first fitted to --max-minutes
+FIT_AFTER_SHARE = 0.1  # ... or this share of the budget spent, whichever comes first (slow steps, short budget)
 
 
 def cosine_with_warmup(step: int, total: int, warmup: float) -> float:
@@ -228,6 +229,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
     start = time.time() - log["elapsed_s"]
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     stopped_early = False
+    fitted = False
     first_step = step
     while step < total_steps:
         epoch = step // steps_per_epoch
@@ -255,7 +257,9 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
                 log["epochs"].append({"step": step, "epoch": step / steps_per_epoch, "val_accuracy": acc,
                                       "elapsed_s": round(log["elapsed_s"], 1)})
                 bar.write(f"step {step}: val accuracy {acc:.4f} on {len(enc_val)} rows")
-            if cfg.max_minutes is not None and (step - first_step == FIT_AFTER_STEPS or step % cfg.checkpoint_every == 0):
+            if cfg.max_minutes is not None and (step % cfg.checkpoint_every == 0 or not fitted and (
+                    step - first_step >= FIT_AFTER_STEPS or log["elapsed_s"] >= FIT_AFTER_SHARE * cfg.max_minutes * 60)):
+                fitted = True
                 total_steps = plan["total"] = log["total_steps"] = fit_to_budget(
                     log, planned_steps, step, cfg.max_minutes * 60, steps_per_epoch, len(enc_val), cfg.batch_size)
                 bar.total = total_steps
