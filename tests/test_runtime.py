@@ -141,3 +141,31 @@ def test_adapter_of_another_base_shape_is_refused(tiny_adapter):
         lora.merged(name, torch.zeros(b.shape[0] + 1, a.shape[1]))
     torch.testing.assert_close(lora.merged(name, torch.zeros(b.shape[0], a.shape[1])), lora.scale * (b @ a))
     assert lora.merged("not.a.target.weight", torch.ones(2)).equal(torch.ones(2))
+
+
+def test_fast_tokenizer_gives_the_transformers_ids(tiny_base, labelled_rows):
+    from shoprouter.model import FastTokenizer, load_tokenizer
+
+    hf, fast = load_tokenizer(tiny_base), FastTokenizer(tiny_base)
+    texts = [r.text for r in labelled_rows] + ["<start_of_turn>user hi<end_of_turn>", "a  b\n\n\tc", "ünï ✓ 😀",
+                                               "<unused0> <pad> <bos>", " leading", "trailing ", ""]
+    for split in (True, False):
+        for t in texts:
+            assert fast.encode(t, add_special_tokens=False, split_special_tokens=split) == hf.encode(
+                t, add_special_tokens=False, split_special_tokens=split), t
+    assert (fast.bos_token_id, fast.pad_token_id, fast.unk_token_id) == (hf.bos_token_id, hf.pad_token_id, hf.unk_token_id)
+    assert [fast.convert_tokens_to_ids(x) for x in ("<unused0>", "<bos>", "no-such-token")] == [
+        hf.convert_tokens_to_ids(x) for x in ("<unused0>", "<bos>", "no-such-token")]
+
+
+def test_padding_the_suffix_changes_no_score(tiny_adapter, tiny_base):
+    out, _ = tiny_adapter
+    texts = ["where is my order", "my card was declined twice and the app crashed", "tell me a joke"]
+    exact = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", pad_to=1).route_batch(texts)
+    padded = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", pad_to=16).route_batch(texts)
+    for a, b in zip(exact, padded, strict=True):
+        assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-5
+    from shoprouter.errors import ShopRouterError
+
+    with pytest.raises(ShopRouterError, match="pad_to"):
+        LoraRouter(adapter=out, base=str(tiny_base), pad_to=0)
