@@ -18,9 +18,9 @@ from .router import DEFAULT_CLARIFY_THRESHOLD, Router
 from .rows import Turn
 
 META_FILE = "router.json"  # registry, prompt format, calibration: written next to the adapter weights
-# Suffixes are right-padded to a multiple of this many tokens: oneDNN keeps compiled kernels and buffers for
-# every input shape it meets, so a long-running router otherwise grows by ~250 MB over its first few hundred
-# message lengths; with 16 it stays flat for ~4 ms more per message (`shoprouter bench` measures both).
+# A single message's suffix is right-padded to a multiple of this many tokens: oneDNN keeps compiled kernels
+# and buffers for every input shape it meets, so a long-running router otherwise grows by ~250 MB over its
+# first few hundred message lengths (`shoprouter bench --routers lora,lora:pad_to=1` measures both ways).
 PAD_TO = 16
 PROMPT_VERSION = 2  # 2: function markers as single reserved tokens (prompt.marker_ids)
 

@@ -97,7 +97,7 @@ class Engine:
         self._head_rows: torch.Tensor | None = None  # candidate rows of the output head, once frozen
         self._runtime = None  # the lean inference forward (runtime.SuffixDecoder), once switched to it
         self._child_pos: dict[int, int] = {}
-        self.pad_multiple = 1  # suffix batches padded to a multiple of this many tokens (fewer distinct shapes)
+        self.pad_multiple = 1  # a single suffix is padded to a multiple of this many tokens (fewer distinct shapes)
 
     # ---- tokens -------------------------------------------------------------------------------
     def encode(self, text: str, history: Sequence[Turn] | None = None, label: str | None = None) -> Encoded:
@@ -212,7 +212,9 @@ class Engine:
         Returns [sum(len(p) for p in positions), hidden].
         """
         prefix = prefix if prefix is not None else self.prefix_cache()
-        width = -(-max(len(s) for s in seqs) // self.pad_multiple) * self.pad_multiple
+        width = max(len(s) for s in seqs)
+        if len(seqs) == 1:  # single messages: few distinct shapes (batches are length-bucketed already)
+            width = -(-width // self.pad_multiple) * self.pad_multiple
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=self.device)
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
