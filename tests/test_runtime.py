@@ -162,7 +162,8 @@ def test_padding_the_suffix_changes_no_score(tiny_adapter, tiny_base):
     out, _ = tiny_adapter
     texts = ["where is my order", "my card was declined twice and the app crashed", "tell me a joke"]
     exact = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", pad_to=1).route_batch(texts)
-    padded = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", pad_to=16).route_batch(texts)
+    router = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", pad_to=16)
+    padded = [router.route(t) for t in texts]  # one message at a time: the padded path
     for a, b in zip(exact, padded, strict=True):
         assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-5
     from shoprouter.errors import ShopRouterError
