@@ -1,0 +1,49 @@
+"""Where a single message's time goes in the lora router: torch.profiler over messages routed one at a time.
+
+    python scripts/latency_profile.py [--messages 100] [--pad-to 16] [--top 12]
+
+Prints the operators with the most self CPU time (aten::addmm / mkldnn linear = the weight matmuls,
+aten::bmm / matmul = attention against the prefix and the suffix, the rest elementwise work) and the
+wall-clock p50 of the same messages without the profiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=100)
+    ap.add_argument("--pad-to", type=int, default=None)
+    ap.add_argument("--top", type=int, default=12)
+    args = ap.parse_args()
+    import torch
+
+    from shoprouter.lora import LoraRouter
+    from shoprouter.rows import read_rows
+
+    router = LoraRouter() if args.pad_to is None else LoraRouter(pad_to=args.pad_to)
+    rows = read_rows(Path(__file__).resolve().parents[1] / "data" / "realistic_dev.jsonl")
+    rows = [rows[i % len(rows)] for i in range(args.messages)]
+    for row in rows[:20]:  # warm-up: first calls of a shape build oneDNN kernels
+        router.route(row.text, row.history)
+    times = []
+    for row in rows:
+        t0 = time.perf_counter()
+        router.route(row.text, row.history)
+        times.append((time.perf_counter() - t0) * 1000)
+    tokens = statistics.median(len(router.engine.encode(r.text, r.history).ids) for r in rows)
+    print(f"wall p50 {statistics.median(times):.1f} ms over {len(rows)} messages (median suffix {tokens:.0f} tokens "
+          f"+ probe, pad_to={router.engine.pad_multiple})")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for row in rows:
+            router.route(row.text, row.history)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
+
+
+if __name__ == "__main__":
+    main()
