@@ -129,10 +129,12 @@ def lean_runtime(where: Path, lora: LoraWeights, dtype: str):
     text model in local safetensors files."""
     from transformers import AutoConfig
 
-    from .model import Checkpoint, mapped_tensor
+    from .model import Checkpoint
     from .runtime import SuffixDecoder
 
-    if not any(where.glob("*.safetensors")):
+    ckpt = Checkpoint(where)
+    prefix = "model." if "model.norm.weight" in ckpt else ""
+    if prefix + "norm.weight" not in ckpt:  # no local safetensors of a Gemma 3 text model
         return None
     try:
         cfg = AutoConfig.from_pretrained(str(where), local_files_only=True)
@@ -140,14 +142,12 @@ def lean_runtime(where: Path, lora: LoraWeights, dtype: str):
         return None
     if cfg.model_type != "gemma3_text":
         return None
-    ckpt = Checkpoint(where)
-    prefix = "model." if "model.norm.weight" in ckpt else ""
     torch_dtype = getattr(torch, dtype)
 
     def tensor(name: str) -> torch.Tensor:
         return lora.merged(name, ckpt.get(prefix + name).to(torch_dtype))
 
-    embedding = mapped_tensor(where, prefix + "embed_tokens.weight")
+    embedding = ckpt.mapped(prefix + "embed_tokens.weight")
     if embedding is None:
         embedding = ckpt.get(prefix + "embed_tokens.weight").to(torch_dtype)
     tied = getattr(cfg, "tie_word_embeddings", True) or "lm_head.weight" not in ckpt
@@ -235,6 +235,8 @@ class LoraRouter(Router):
         self.dtype = resolve_dtype(dtype)
         if forward not in ("lean", "hf"):
             raise ShopRouterError(f"unknown forward {forward!r}; use 'lean' (runtime.py) or 'hf' (transformers)")
+        if not isinstance(pad_to, int) or not 1 <= pad_to <= 64:
+            raise ShopRouterError(f"pad_to must be a whole number from 1 to 64, got {pad_to!r}")
         self.quantize = quantize
         self.forward = "hf" if quantize else forward  # the int8 layers run only in the transformers forward
         base = base or meta.get("base")
@@ -245,8 +247,6 @@ class LoraRouter(Router):
             compact_for_inference(self.engine, quantize)
             if self.forward == "lean":
                 self.engine.use_runtime(_mapped_embedding(base, self.dtype))
-        if not isinstance(pad_to, int) or not 1 <= pad_to <= 64:
-            raise ShopRouterError(f"pad_to must be a whole number from 1 to 64, got {pad_to!r}")
         self.engine.pad_multiple = pad_to
         self.engine.prefix_cache()  # encode the declarations once, now
 

@@ -133,62 +133,35 @@ def resolve_dtype(dtype: str | None, device: str = "cpu") -> str:
 
 
 def mapped_tensor(directory: Path | str, name: str):
-    """A tensor of a local safetensors checkpoint, memory-mapped from disk instead of read into memory.
-
-    Only the pages that are touched become resident (for an embedding table: the rows of the tokens
-    actually looked up). None when the directory has no safetensors file holding `name` as F32/F16/BF16.
-    """
-    import json
-
-    import numpy as np
-    import torch
-
-    dtypes = {"F32": (np.float32, None), "F16": (np.float16, None), "BF16": (np.uint16, torch.bfloat16)}
+    """A tensor of a local safetensors checkpoint, memory-mapped from disk (see `Checkpoint.mapped`); None when
+    the directory does not exist or has no safetensors file holding `name` as F32/F16/BF16."""
     directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    for path in sorted(directory.glob("*.safetensors")):
-        with open(path, "rb") as fh:
-            size = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(size))
-        info = header.get(name)
-        if info is None or info["dtype"] not in dtypes:
-            continue
-        np_dtype, view = dtypes[info["dtype"]]
-        start, end = info["data_offsets"]
-        arr = np.memmap(path, dtype=np_dtype, mode="c", offset=8 + size + start, shape=tuple(info["shape"]))
-        assert arr.nbytes == end - start
-        tensor = torch.from_numpy(arr)
-        return tensor.view(view) if view is not None else tensor
-    return None
+    return Checkpoint(directory).mapped(name) if directory.is_dir() else None
 
 
 class Checkpoint:
-    """The tensors of a local safetensors checkpoint (one or several files), read one at a time by name.
-
-    Each tensor is read with plain file reads into its own memory: memory-mapping the file would count every
-    page read in the process's resident set until the mapping is closed (about 200 MB of layer weights).
-    """
+    """The tensors of a local safetensors checkpoint (one or several files), by name, from one header index."""
 
     _DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
     def __init__(self, directory: Path | str):
         import json
 
-        self._where: dict[str, tuple[Path, dict, int]] = {}
+        self._where: dict[str, tuple[Path, dict, int]] = {}  # name -> (file, header entry, data offset)
         for path in sorted(Path(directory).glob("*.safetensors")):
             with open(path, "rb") as fh:
                 size = int.from_bytes(fh.read(8), "little")
                 header = json.loads(fh.read(size))
             for name, info in header.items():
                 if name != "__metadata__":
-                    self._where[name] = (path, info, 8 + size)
+                    self._where.setdefault(name, (path, info, 8 + size))
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
 
     def get(self, name: str):
-        """One tensor, read from disk."""
+        """One tensor, read with plain file reads into its own memory (a memory map would count every page
+        read in the process's resident set until it is closed: about 200 MB of layer weights)."""
         import torch
 
         if name not in self._where:
@@ -203,6 +176,24 @@ class Checkpoint:
             if out.numel() and fh.readinto(out.view(-1).view(torch.uint8).numpy()) != end - start:
                 raise ShopRouterError(f"{path} is truncated (tensor {name!r})")
         return out
+
+    def mapped(self, name: str):
+        """One tensor memory-mapped from disk instead of read into memory: only the pages that are touched
+        become resident (for an embedding table: the rows of the tokens actually looked up). None when there
+        is no such tensor or it is not F32/F16/BF16."""
+        import numpy as np
+        import torch
+
+        if name not in self._where or self._where[name][1]["dtype"] not in self._DTYPES:
+            return None
+        path, info, base = self._where[name]
+        start, end = info["data_offsets"]
+        bf16 = info["dtype"] == "BF16"  # numpy has no bfloat16: map the bits as uint16 and view them
+        arr = np.memmap(path, dtype=np.uint16 if bf16 else getattr(np, self._DTYPES[info["dtype"]]), mode="c",
+                        offset=base + start, shape=tuple(info["shape"]))
+        assert arr.nbytes == end - start
+        tensor = torch.from_numpy(arr)
+        return tensor.view(torch.bfloat16) if bf16 else tensor
 
 
 def release_freed_memory() -> None:
