@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,6 +238,7 @@ class FastTokenizer:
         from tokenizers import Tokenizer
 
         self._tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        self._lock = threading.Lock()
         cfg_path = directory / "tokenizer_config.json"
         cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
 
@@ -250,9 +252,13 @@ class FastTokenizer:
         self.unk_token_id = special("unk_token", "<unk>")
 
     def encode(self, text: str, add_special_tokens: bool = True, split_special_tokens: bool = False) -> list[int]:
-        """Token ids; `split_special_tokens` tokenises special-token strings in the text as plain text."""
-        self._tok.encode_special_tokens = split_special_tokens
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        """Token ids; `split_special_tokens` tokenises special-token strings in the text as plain text.
+
+        The switch is a setting of the shared Rust tokenizer, so setting it and encoding happen under one lock:
+        a thread encoding a template marker must never flip it under another thread's user text."""
+        with self._lock:
+            self._tok.encode_special_tokens = split_special_tokens
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def convert_tokens_to_ids(self, token: str) -> int | None:
         found = self._tok.token_to_id(token)
