@@ -150,11 +150,18 @@ def test_corrupted_adapter_gives_clear_error(tiny_adapter, tiny_base, tmp_path):
         LoraRouter(adapter=tmp_path / "missing", base=str(tiny_base))
 
 
-def test_int8_router_stays_close_to_float(tiny_adapter, tiny_base):
+@pytest.mark.parametrize("forward", ["lean", "hf"])
+def test_int8_router_stays_close_to_float(tiny_adapter, tiny_base, forward):
+    from shoprouter.runtime import Int8Linear
+
     out, _ = tiny_adapter
     texts = ["where is my order", "my card was declined", "tell me a joke"]
     exact = LoraRouter(adapter=out, base=str(tiny_base)).route_batch(texts)
-    small = LoraRouter(adapter=out, base=str(tiny_base), quantize="int8").route_batch(texts)
+    router = LoraRouter(adapter=out, base=str(tiny_base), quantize="int8", forward=forward)
+    if forward == "lean":  # int8 weight matmuls inside the lean runtime, not the transformers model
+        assert router.engine.model is None
+        assert all(isinstance(layer.down, Int8Linear) for layer in router.engine._runtime.layers)
+    small = router.route_batch(texts)
     for a, b in zip(exact, small, strict=True):
         assert abs(sum(b.scores.values()) - 1) < 1e-4
         assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 0.1
@@ -229,3 +236,9 @@ def test_router_dtype_gives_the_same_decisions(tiny_adapter, tiny_base, dtype):
     got = LoraRouter(adapter=out, base=str(tiny_base), dtype=dtype).route_batch(texts)
     for a, b in zip(ref, got, strict=True):
         assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 0.05
+
+
+def test_unknown_quantization_is_refused(tiny_adapter, tiny_base):
+    out, _ = tiny_adapter
+    with pytest.raises(ShopRouterError, match="unknown quantization"):
+        LoraRouter(adapter=out, base=str(tiny_base), quantize="int4")

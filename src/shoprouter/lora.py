@@ -123,7 +123,7 @@ def read_lora(adapter: Path) -> LoraWeights | None:
     return LoraWeights({k: (v["A"], v["B"]) for k, v in parts.items()}, scale)
 
 
-def lean_runtime(where: Path, lora: LoraWeights, dtype: str):
+def lean_runtime(where: Path, lora: LoraWeights, dtype: str, quantize: str | None = None):
     """The lean forward (runtime.SuffixDecoder) built straight from the base checkpoint with the LoRA update
     merged, and the output head; no Hugging Face model is built. None when the checkpoint is not a Gemma 3
     text model in local safetensors files."""
@@ -152,7 +152,7 @@ def lean_runtime(where: Path, lora: LoraWeights, dtype: str):
         embedding = ckpt.get(prefix + "embed_tokens.weight").to(torch_dtype)
     tied = getattr(cfg, "tie_word_embeddings", True) or "lm_head.weight" not in ckpt
     head = embedding if tied else ckpt.get("lm_head.weight")
-    return SuffixDecoder.from_checkpoint(cfg, tensor, embedding, torch_dtype), head
+    return SuffixDecoder.from_checkpoint(cfg, tensor, embedding, torch_dtype, quantize), head
 
 
 class Int8Embedding(torch.nn.Module):
@@ -237,20 +237,24 @@ class LoraRouter(Router):
             raise ShopRouterError(f"unknown forward {forward!r}; use 'lean' (runtime.py) or 'hf' (transformers)")
         if not isinstance(pad_to, int) or not 1 <= pad_to <= 64:
             raise ShopRouterError(f"pad_to must be a whole number from 1 to 64, got {pad_to!r}")
+        if quantize not in (None, "int8"):
+            raise ShopRouterError(f"unknown quantization {quantize!r}; use 'int8' or none")
         self.quantize = quantize
-        self.forward = "hf" if quantize else forward  # the int8 layers run only in the transformers forward
+        self.forward = forward
         base = base or meta.get("base")
-        self.engine = self._lean_engine(base, adapter, registry) if self.forward == "lean" else None
+        self.engine = self._lean_engine(base, adapter, registry, quantize) if self.forward == "lean" else None
         if self.engine is None:  # through transformers + PEFT (and then, for "lean", to runtime.py)
             model, tokenizer = load_adapted_model(base, adapter, dtype=self.dtype)
             self.engine = Engine(model, tokenizer, registry)
-            compact_for_inference(self.engine, quantize)
             if self.forward == "lean":
-                self.engine.use_runtime(_mapped_embedding(base, self.dtype))
+                compact_for_inference(self.engine, None)
+                self.engine.use_runtime(_mapped_embedding(base, self.dtype), quantize)
+            else:  # int8 in the transformers forward: torch.ao dynamic quantisation of its linear layers
+                compact_for_inference(self.engine, quantize)
         self.engine.pad_multiple = pad_to
         self.engine.prefix_cache()  # encode the declarations once, now
 
-    def _lean_engine(self, base: str | None, adapter: Path, registry: Registry):
+    def _lean_engine(self, base: str | None, adapter: Path, registry: Registry, quantize: str | None = None):
         """An engine on the lean forward built straight from the checkpoint files (None when the base or the
         adapter needs the transformers/PEFT loader): the full model is never materialised, so loading is
         faster and peaks lower."""
@@ -259,7 +263,7 @@ class LoraRouter(Router):
 
         where = resolve_base(base, self.dtype)
         lora = read_lora(adapter) if isinstance(where, Path) else None
-        built = lean_runtime(where, lora, self.dtype) if lora is not None else None
+        built = lean_runtime(where, lora, self.dtype, quantize) if lora is not None else None
         if built is None:
             return None
         engine = Engine(None, load_fast_tokenizer(where), registry)

@@ -40,6 +40,30 @@ class Linear:
         return y.view(*x.shape[:-1], self.out_features)
 
 
+class Int8Linear:
+    """y = x W^T with W stored as int8, one scale per output row (half the bytes of bf16); the input is
+    quantised to int8 on every call (one scale per call, full 8-bit range) and the product comes back in
+    the input's dtype. Uses PyTorch's dynamic-quantisation kernels (fbgemm)."""
+
+    def __init__(self, weight: torch.Tensor):
+        import warnings
+
+        w = weight.detach().float()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8).double()
+        with warnings.catch_warnings():  # the quantised-tensor constructors warn that they are deprecated
+            warnings.simplefilter("ignore")
+            q = torch.quantize_per_channel(w, scale, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
+        self.weight = torch.ops.quantized.linear_prepack(q, None)
+        self.out_features = w.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]).float(), self.weight, reduce_range=False)
+        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+
+QUANTIZATIONS = ("int8",)
+
+
 def can_pack(dtype: torch.dtype) -> bool:
     """True when oneDNN can prepack weights of this dtype on this machine (checked on a tiny matrix)."""
     try:
@@ -55,10 +79,10 @@ def can_pack(dtype: torch.dtype) -> bool:
 class Layer:
     """One decoder layer's weights (norm weights already as 1 + w, in float32)."""
 
-    qkv: Linear  # [(n_heads + 2 * n_kv) * head_dim, hidden]
-    o: Linear
-    gate_up: Linear  # [2 * intermediate, hidden]
-    down: Linear
+    qkv: Linear | Int8Linear  # [(n_heads + 2 * n_kv) * head_dim, hidden]
+    o: Linear | Int8Linear
+    gate_up: Linear | Int8Linear  # [2 * intermediate, hidden]
+    down: Linear | Int8Linear
     input_norm: torch.Tensor
     post_attn_norm: torch.Tensor
     pre_ff_norm: torch.Tensor
@@ -87,14 +111,17 @@ class SuffixDecoder:
     """Gemma 3 decoder weights arranged for batched suffix scoring on a cached prefix (inference only)."""
 
     def __init__(self, cfg, tensor: Callable[[str], torch.Tensor], embedding: torch.Tensor, embed_scale: float,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, quantize: str | None = None):
         """Arrange the weights of a Gemma 3 text decoder.
 
         `cfg`: its `Gemma3TextConfig`; `tensor(name)`: a weight by its name inside the decoder
         (`layers.0.self_attn.q_proj.weight`, `norm.weight`, ...); `embedding`: the token-embedding table,
         which may live elsewhere (a memory-mapped file, so the 262,144-row table is not kept in memory) —
-        rows are cast to `dtype` on lookup. Use `from_module` or `from_checkpoint`.
+        rows are cast to `dtype` on lookup. `quantize="int8"`: the weight matmuls in int8 (`Int8Linear`);
+        norms, attention and the rest stay in `dtype`. Use `from_module` or `from_checkpoint`.
         """
+        if quantize not in (None, *QUANTIZATIONS):
+            raise ValueError(f"unknown quantization {quantize!r}; use {' or '.join(QUANTIZATIONS)} or none")
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim, self.eps = cfg.head_dim, cfg.rms_norm_eps
         self.scaling = cfg.query_pre_attn_scalar ** -0.5
@@ -102,10 +129,14 @@ class SuffixDecoder:
         self.embed = embedding
         self.embed_scale = embed_scale
         rope = _rope_thetas(cfg)
-        pack = can_pack(dtype)
+        pack = quantize is None and can_pack(dtype)
+        self.quantize = quantize
 
         def w(name: str) -> torch.Tensor:
             return tensor(name).detach().to(dtype)
+
+        def linear(weight: torch.Tensor) -> Linear | Int8Linear:
+            return Int8Linear(weight) if quantize == "int8" else Linear(weight, pack)
 
         self.layers: list[Layer] = []
         for i in range(cfg.num_hidden_layers):
@@ -113,10 +144,10 @@ class SuffixDecoder:
             kind = cfg.layer_types[i]
             inv_freq = 1.0 / (rope[kind] ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
             self.layers.append(Layer(
-                qkv=Linear(torch.cat([w(a + "q_proj.weight"), w(a + "k_proj.weight"), w(a + "v_proj.weight")]), pack),
-                o=Linear(w(a + "o_proj.weight"), pack),
-                gate_up=Linear(torch.cat([w(m + "gate_proj.weight"), w(m + "up_proj.weight")]), pack),
-                down=Linear(w(m + "down_proj.weight"), pack),
+                qkv=linear(torch.cat([w(a + "q_proj.weight"), w(a + "k_proj.weight"), w(a + "v_proj.weight")])),
+                o=linear(w(a + "o_proj.weight")),
+                gate_up=linear(torch.cat([w(m + "gate_proj.weight"), w(m + "up_proj.weight")])),
+                down=linear(w(m + "down_proj.weight")),
                 input_norm=_norm_weight(tensor(f"layers.{i}.input_layernorm.weight")),
                 post_attn_norm=_norm_weight(tensor(f"layers.{i}.post_attention_layernorm.weight")),
                 pre_ff_norm=_norm_weight(tensor(f"layers.{i}.pre_feedforward_layernorm.weight")),
@@ -127,19 +158,19 @@ class SuffixDecoder:
         self.intermediate = cfg.intermediate_size
 
     @classmethod
-    def from_module(cls, decoder, embedding: torch.Tensor | None = None) -> SuffixDecoder:
+    def from_module(cls, decoder, embedding: torch.Tensor | None = None, quantize: str | None = None) -> SuffixDecoder:
         """From a (merged) Hugging Face `Gemma3TextModel`; `embedding` may replace its embedding table."""
         params = dict(decoder.named_parameters())
         emb = decoder.embed_tokens
         scale = float(getattr(emb, "scalar_embed_scale", math.sqrt(decoder.config.hidden_size)))
         return cls(decoder.config, params.__getitem__, emb.weight.detach() if embedding is None else embedding,
-                   scale, emb.weight.dtype)
+                   scale, emb.weight.dtype, quantize)
 
     @classmethod
     def from_checkpoint(cls, cfg, tensor: Callable[[str], torch.Tensor], embedding: torch.Tensor,
-                        dtype: torch.dtype) -> SuffixDecoder:
+                        dtype: torch.dtype, quantize: str | None = None) -> SuffixDecoder:
         """From checkpoint weights read one at a time (no Hugging Face model is ever built)."""
-        return cls(cfg, tensor, embedding, math.sqrt(cfg.hidden_size), dtype)
+        return cls(cfg, tensor, embedding, math.sqrt(cfg.hidden_size), dtype, quantize)
 
     # ------------------------------------------------------------------------------------------------
     def encode_prefix(self, ids: list[int]) -> PrefixCache:

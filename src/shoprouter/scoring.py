@@ -124,11 +124,12 @@ class Engine:
     def device(self) -> torch.device:
         return torch.device("cpu") if self._runtime is not None else next(self.model.parameters()).device
 
-    def use_runtime(self, embedding: torch.Tensor | None = None) -> None:
+    def use_runtime(self, embedding: torch.Tensor | None = None, quantize: str | None = None) -> None:
         """Route with the lean inference forward (runtime.py) from now on; the HF model is then dropped.
 
         Inference only: call it on a merged model. Keeps only the candidate rows of the output head.
         `embedding`: an equal token-embedding table held elsewhere (memory-mapped), checked on the prefix rows.
+        `quantize="int8"`: int8 weight matmuls (runtime.Int8Linear).
         """
         from .runtime import SuffixDecoder
 
@@ -139,7 +140,7 @@ class Engine:
                     embedding[ids].float(), own, rtol=1e-2, atol=1e-3):
                 embedding = None  # e.g. an adapter that trained token embeddings: keep the model's own
         head = self._head() if self._head_rows is None else None
-        self.set_runtime(SuffixDecoder.from_module(self._decoder(), embedding), head)
+        self.set_runtime(SuffixDecoder.from_module(self._decoder(), embedding, quantize), head)
 
     def set_runtime(self, runtime, head: torch.Tensor | None) -> None:
         """Route with a lean forward (runtime.SuffixDecoder) and the output head `head` [vocab, hidden]
