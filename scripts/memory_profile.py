@@ -1,6 +1,6 @@
 """Where the lora router's memory goes: process RSS after each loading stage and after routing messages.
 
-    python scripts/memory_profile.py [--messages 400] [--pad-to 16] [--json]
+    python scripts/memory_profile.py [--messages 400] [--pad-to 16] [--quantize int8] [--json]
 
 Reads /proc/self/status (Linux): VmRSS (resident now), VmHWM (peak so far), RssAnon (heap and other private
 memory), RssFile (mapped files: libraries, the memory-mapped embedding rows). Messages come from the
@@ -31,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=400)
     ap.add_argument("--pad-to", type=int, default=None, help="the router's pad_to (default: the router's own)")
+    ap.add_argument("--quantize", choices=["int8"], default=None, help="int8 weight matmuls (default: bf16/float)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     mark("python")
@@ -48,8 +49,8 @@ def main() -> None:
     where = resolve_base(None, dtype)
     tokenizer = load_fast_tokenizer(where)
     mark("tokenizer")
-    built = lean_runtime(where, read_lora(shipped_adapter()), dtype)
-    mark(f"layer weights ({dtype}, LoRA merged, prepacked)")
+    built = lean_runtime(where, read_lora(shipped_adapter()), dtype, args.quantize)
+    mark(f"layer weights ({args.quantize or dtype}, LoRA merged, prepacked)")
     engine = Engine(None, tokenizer, default_registry())
     engine.set_runtime(*built)
     del built
