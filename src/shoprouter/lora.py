@@ -16,6 +16,7 @@ from .agents import Agent, Registry, default_registry
 from .errors import ShopRouterError
 from .router import DEFAULT_CLARIFY_THRESHOLD, Router
 from .rows import Turn
+from .runtime import QUANTIZATIONS
 
 META_FILE = "router.json"  # registry, prompt format, calibration: written next to the adapter weights
 # A single message's suffix is right-padded to a multiple of this many tokens: oneDNN keeps compiled kernels
@@ -170,6 +171,11 @@ class Int8Embedding(torch.nn.Module):
         return self.q[input_ids].float() * (self.scale[input_ids] * self.embed_scale).unsqueeze(-1)
 
 
+def _check_quantize(quantize: str | None) -> None:
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ShopRouterError(f"unknown quantization {quantize!r}; use {' or '.join(map(repr, QUANTIZATIONS))} or none")
+
+
 def compact_for_inference(engine, quantize: str | None) -> None:
     """Shrink a merged model for routing: candidate head rows only; with quantize='int8' also an int8
     embedding table and dynamically quantised int8 linear layers."""
@@ -177,8 +183,7 @@ def compact_for_inference(engine, quantize: str | None) -> None:
     model = engine.model
     if quantize is None:
         return
-    if quantize != "int8":
-        raise ShopRouterError(f"unknown quantization {quantize!r}; use 'int8' or none")
+    _check_quantize(quantize)
     body = model.model
     body.embed_tokens = Int8Embedding(body.embed_tokens)
     model.lm_head = torch.nn.Identity()  # tied to the old embedding; only the frozen candidate rows are used
@@ -237,8 +242,7 @@ class LoraRouter(Router):
             raise ShopRouterError(f"unknown forward {forward!r}; use 'lean' (runtime.py) or 'hf' (transformers)")
         if not isinstance(pad_to, int) or not 1 <= pad_to <= 64:
             raise ShopRouterError(f"pad_to must be a whole number from 1 to 64, got {pad_to!r}")
-        if quantize not in (None, "int8"):
-            raise ShopRouterError(f"unknown quantization {quantize!r}; use 'int8' or none")
+        _check_quantize(quantize)
         self.quantize = quantize
         self.forward = forward
         base = base or meta.get("base")

@@ -11,6 +11,7 @@ weights reordered once into oneDNN's blocked layout, which a plain matmul otherw
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,8 +47,6 @@ class Int8Linear:
     the input's dtype. Uses PyTorch's dynamic-quantisation kernels (fbgemm)."""
 
     def __init__(self, weight: torch.Tensor):
-        import warnings
-
         w = weight.detach().float()
         scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8).double()
         with warnings.catch_warnings():  # the quantised-tensor constructors warn that they are deprecated
@@ -130,7 +129,6 @@ class SuffixDecoder:
         self.embed_scale = embed_scale
         rope = _rope_thetas(cfg)
         pack = quantize is None and can_pack(dtype)
-        self.quantize = quantize
 
         def w(name: str) -> torch.Tensor:
             return tensor(name).detach().to(dtype)

@@ -68,7 +68,7 @@ def decision_loss(engine: Engine, batch: list[Encoded], prefix_grad: bool = True
     The declarations prefix runs once per batch with the current adapter and its keys/values are shared
     by every suffix; with `prefix_grad=False` it runs without building a graph and without dropout (the
     adapter still shapes it, exactly as at routing time, but the loss does not backpropagate into it;
-    dropout there would only add noise, and its random masks cost ~7 % of a step on CPU).
+    dropout there would only add noise; skipping its random masks made steps ~7 % faster in an ad-hoc test).
     """
     if prefix_grad and torch.is_grad_enabled():
         prefix = engine.encode_prefix()
