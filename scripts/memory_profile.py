@@ -49,9 +49,9 @@ def main() -> None:
     where = resolve_base(None, dtype)
     tokenizer = load_fast_tokenizer(where)
     mark("tokenizer")
-    built = lean_runtime(where, read_lora(shipped_adapter()), dtype, args.quantize)
-    mark(f"layer weights ({args.quantize or dtype}, LoRA merged, prepacked)")
     engine = Engine(None, tokenizer, default_registry())
+    built = lean_runtime(where, read_lora(shipped_adapter()), dtype, args.quantize, engine.prefix_ids)
+    mark(f"layer weights ({args.quantize or dtype}, LoRA merged, prepacked)")
     engine.set_runtime(*built)
     del built
     release_freed_memory()

@@ -170,3 +170,58 @@ def test_padding_the_suffix_changes_no_score(tiny_adapter, tiny_base):
 
     with pytest.raises(ShopRouterError, match="pad_to"):
         LoraRouter(adapter=out, base=str(tiny_base), pad_to=0)
+
+
+def _suffix_batch(suffixes):
+    width = max(map(len, suffixes))
+    ids = torch.zeros(len(suffixes), width, dtype=torch.long)
+    for i, s in enumerate(suffixes):
+        ids[i, : len(s)] = torch.tensor(s)
+    rows = torch.tensor([i for i, s in enumerate(suffixes) for _ in s])
+    cols = torch.tensor([c for s in suffixes for c in range(len(s))])
+    return ids, rows, cols
+
+
+def test_smoothing_folds_exactly(monkeypatch):
+    """SmoothQuant's rescaling alone (no int8) must not change the forward: 1/s folded into the norms, the up
+    rows and the value rows, s into the weight columns."""
+    from shoprouter import runtime
+    from shoprouter.runtime import Linear
+
+    monkeypatch.setattr(runtime, "can_pack", lambda dtype: False)  # plain weights, readable for smoothing
+    body = _tiny_gemma(6).model
+    prefix = [2, 17, 45, 99, 120, 7, 8, 9, 10, 11]
+    ids, rows, cols = _suffix_batch([[30, 31, 32, 33, 34], [40, 41, 42]])
+    lean = SuffixDecoder.from_module(body)
+    before = lean.hidden_at(ids, lean.encode_prefix(prefix), rows, cols)
+    for layer in lean.layers:  # made-up activation peaks with outlier channels: only exactness is tested here
+        peaks = {n: torch.rand(getattr(layer, n).weight.shape[1]) * torch.tensor([1.0, 50.0]).repeat_interleave(
+            getattr(layer, n).weight.shape[1] // 2) for n in ("qkv", "o", "gate_up", "down")}
+        for n, w in lean.smooth(layer, peaks).items():
+            setattr(layer, n, Linear(w, pack=False))
+    after = lean.hidden_at(ids, lean.encode_prefix(prefix), rows, cols)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+def test_int8_linear_quantises_each_token_on_its_own_scale():
+    from shoprouter.runtime import Int8Linear
+
+    torch.manual_seed(0)
+    w = torch.randn(24, 32)
+    x = torch.randn(3, 32) * torch.tensor([[1000.0], [1.0], [0.001]])  # one loud token among quiet ones
+    got, exact = Int8Linear(w)(x), x @ w.T
+    rel = (got - exact).norm(dim=1) / exact.norm(dim=1)
+    assert (rel < 0.02).all(), rel
+
+
+def test_int8_decoder_needs_calibration_ids():
+    body = _tiny_gemma(512).model
+    with pytest.raises(ValueError, match="calibration"):
+        SuffixDecoder.from_module(body, quantize="int8")
+    lean = SuffixDecoder.from_module(body, quantize="int8", calibration=[2, 17, 45, 99])
+    exact = SuffixDecoder.from_module(body)
+    prefix = [2, 17, 45, 99, 120, 7]
+    ids, rows, cols = _suffix_batch([[30, 31, 32], [40, 41]])
+    a = exact.hidden_at(ids, exact.encode_prefix(prefix), rows, cols)
+    b = lean.hidden_at(ids, lean.encode_prefix(prefix), rows, cols)
+    assert ((b - a).norm(dim=-1) / a.norm(dim=-1)).max() < 0.1

@@ -124,10 +124,11 @@ def read_lora(adapter: Path) -> LoraWeights | None:
     return LoraWeights({k: (v["A"], v["B"]) for k, v in parts.items()}, scale)
 
 
-def lean_runtime(where: Path, lora: LoraWeights, dtype: str, quantize: str | None = None):
+def lean_runtime(where: Path, lora: LoraWeights, dtype: str, quantize: str | None = None,
+                 calibration: list[int] | None = None):
     """The lean forward (runtime.SuffixDecoder) built straight from the base checkpoint with the LoRA update
     merged, and the output head; no Hugging Face model is built. None when the checkpoint is not a Gemma 3
-    text model in local safetensors files."""
+    text model in local safetensors files. `calibration`: token ids that int8 calibrates on (the prefix)."""
     from transformers import AutoConfig
 
     from .model import Checkpoint
@@ -153,7 +154,7 @@ def lean_runtime(where: Path, lora: LoraWeights, dtype: str, quantize: str | Non
         embedding = ckpt.get(prefix + "embed_tokens.weight").to(torch_dtype)
     tied = getattr(cfg, "tie_word_embeddings", True) or "lm_head.weight" not in ckpt
     head = embedding if tied else ckpt.get("lm_head.weight")
-    return SuffixDecoder.from_checkpoint(cfg, tensor, embedding, torch_dtype, quantize), head
+    return SuffixDecoder.from_checkpoint(cfg, tensor, embedding, torch_dtype, quantize, calibration), head
 
 
 class Int8Embedding(torch.nn.Module):
@@ -267,10 +268,12 @@ class LoraRouter(Router):
 
         where = resolve_base(base, self.dtype)
         lora = read_lora(adapter) if isinstance(where, Path) else None
-        built = lean_runtime(where, lora, self.dtype, quantize) if lora is not None else None
-        if built is None:
+        if lora is None:
             return None
         engine = Engine(None, load_fast_tokenizer(where), registry)
+        built = lean_runtime(where, lora, self.dtype, quantize, engine.prefix_ids)
+        if built is None:
+            return None
         engine.set_runtime(*built)
         release_freed_memory()
         return engine

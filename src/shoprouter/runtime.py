@@ -43,8 +43,9 @@ class Linear:
 
 class Int8Linear:
     """y = x W^T with W stored as int8, one scale per output row (half the bytes of bf16); the input is
-    quantised to int8 on every call (one scale per call, full 8-bit range) and the product comes back in
-    the input's dtype. Uses PyTorch's dynamic-quantisation kernels (fbgemm)."""
+    quantised to int8 on every call, one scale per token (each row is scaled to the full 8-bit range, so
+    a token with large activations does not cost the others their precision), and the product comes back
+    in the input's dtype. Uses PyTorch's dynamic-quantisation kernels (fbgemm)."""
 
     def __init__(self, weight: torch.Tensor):
         w = weight.detach().float()
@@ -56,8 +57,35 @@ class Int8Linear:
         self.out_features = w.shape[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]).float(), self.weight, reduce_range=False)
+        rows = x.reshape(-1, x.shape[-1]).float()
+        peak = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)  # the kernel's one scale then fits every row
+        y = torch.ops.quantized.linear_dynamic(rows / peak, self.weight, reduce_range=False) * peak
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+
+class _AbsMax:
+    """Wraps a linear map and records the largest |input| per input channel (calibration)."""
+
+    def __init__(self, linear: Linear):
+        self.linear, self.peak = linear, None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.detach().float().reshape(-1, x.shape[-1]).abs().amax(dim=0)
+        self.peak = m if self.peak is None else torch.maximum(self.peak, m)
+        return self.linear(x)
+
+
+SMOOTH_ALPHA = 0.5  # SmoothQuant's migration strength: how much of the activations' range moves into weights
+
+
+def _smooth_scale(x_peak: torch.Tensor, w_peak: torch.Tensor, alpha: float = SMOOTH_ALPHA) -> torch.Tensor:
+    """SmoothQuant's per-input-channel scale s = max|x|^a / max|w|^(1-a), from the largest |input| and |weight|
+    per input channel; x / s and W * s give the same product with flatter activations."""
+    return (x_peak.clamp(min=1e-5).pow(alpha) / w_peak.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
+
+
+def _column_peak(weight: torch.Tensor) -> torch.Tensor:
+    return weight.abs().amax(dim=0)
 
 
 QUANTIZATIONS = ("int8",)
@@ -106,69 +134,142 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + rotated * sin
 
 
+class _Geometry:
+    """Attention mask and RoPE cos/sin for L suffix positions after P prefix positions, made once per
+    attention kind (sliding window, RoPE base) and shared by the layers of that kind."""
+
+    def __init__(self, P: int, L: int, dtype: torch.dtype):
+        self.P, self.L, self.dtype = P, L, dtype
+        self.masks: dict[int | None, torch.Tensor] = {}
+        self.trig: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def of(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mask, cos, sin) for `layer`."""
+        if layer.window not in self.masks:
+            self.masks[layer.window] = _mask(self.P, self.L, layer.window)
+        key = -1 if layer.window is None else layer.window  # one RoPE base per attention kind
+        if key not in self.trig:
+            pos = torch.arange(self.P, self.P + self.L, dtype=torch.float)
+            freqs = pos[:, None] * layer.inv_freq[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self.trig[key] = (emb.cos().to(self.dtype), emb.sin().to(self.dtype))
+        cos, sin = self.trig[key]
+        return self.masks[layer.window], cos, sin
+
+
 class SuffixDecoder:
     """Gemma 3 decoder weights arranged for batched suffix scoring on a cached prefix (inference only)."""
 
     def __init__(self, cfg, tensor: Callable[[str], torch.Tensor], embedding: torch.Tensor, embed_scale: float,
-                 dtype: torch.dtype, quantize: str | None = None):
+                 dtype: torch.dtype, quantize: str | None = None, calibration: list[int] | None = None):
         """Arrange the weights of a Gemma 3 text decoder.
 
         `cfg`: its `Gemma3TextConfig`; `tensor(name)`: a weight by its name inside the decoder
         (`layers.0.self_attn.q_proj.weight`, `norm.weight`, ...); `embedding`: the token-embedding table,
         which may live elsewhere (a memory-mapped file, so the 262,144-row table is not kept in memory) —
         rows are cast to `dtype` on lookup. `quantize="int8"`: the weight matmuls in int8 (`Int8Linear`);
-        norms, attention and the rest stay in `dtype`. Use `from_module` or `from_checkpoint`.
+        norms, attention and the rest stay in `dtype`. int8 needs `calibration`, token ids (the declarations
+        prefix) run through each layer in `dtype` as it is built: their largest activation per channel sets
+        SmoothQuant scales, folded exactly into the preceding norm, up or value projection, before the
+        layer's weights are quantised. Use `from_module` or `from_checkpoint`.
         """
         if quantize not in (None, *QUANTIZATIONS):
             raise ValueError(f"unknown quantization {quantize!r}; use {' or '.join(QUANTIZATIONS)} or none")
+        if quantize and not calibration:
+            raise ValueError("int8 needs calibration token ids (the declarations prefix)")
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim, self.eps = cfg.head_dim, cfg.rms_norm_eps
         self.scaling = cfg.query_pre_attn_scalar ** -0.5
         self.dtype = dtype
         self.embed = embedding
         self.embed_scale = embed_scale
+        self.intermediate = cfg.intermediate_size
         rope = _rope_thetas(cfg)
         pack = quantize is None and can_pack(dtype)
 
         def w(name: str) -> torch.Tensor:
             return tensor(name).detach().to(dtype)
 
-        def linear(weight: torch.Tensor) -> Linear | Int8Linear:
-            return Int8Linear(weight) if quantize == "int8" else Linear(weight, pack)
-
+        if quantize:
+            x = self._embed(torch.tensor([calibration], dtype=torch.long))
+            geometry = _Geometry(0, x.shape[1], dtype)
         self.layers: list[Layer] = []
         for i in range(cfg.num_hidden_layers):
             a, m = f"layers.{i}.self_attn.", f"layers.{i}.mlp."
             kind = cfg.layer_types[i]
             inv_freq = 1.0 / (rope[kind] ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
-            self.layers.append(Layer(
-                qkv=linear(torch.cat([w(a + "q_proj.weight"), w(a + "k_proj.weight"), w(a + "v_proj.weight")])),
-                o=linear(w(a + "o_proj.weight")),
-                gate_up=linear(torch.cat([w(m + "gate_proj.weight"), w(m + "up_proj.weight")])),
-                down=linear(w(m + "down_proj.weight")),
+            layer = Layer(
+                qkv=Linear(torch.cat([w(a + "q_proj.weight"), w(a + "k_proj.weight"), w(a + "v_proj.weight")]), pack),
+                o=Linear(w(a + "o_proj.weight"), pack),
+                gate_up=Linear(torch.cat([w(m + "gate_proj.weight"), w(m + "up_proj.weight")]), pack),
+                down=Linear(w(m + "down_proj.weight"), pack),
                 input_norm=_norm_weight(tensor(f"layers.{i}.input_layernorm.weight")),
                 post_attn_norm=_norm_weight(tensor(f"layers.{i}.post_attention_layernorm.weight")),
                 pre_ff_norm=_norm_weight(tensor(f"layers.{i}.pre_feedforward_layernorm.weight")),
                 post_ff_norm=_norm_weight(tensor(f"layers.{i}.post_feedforward_layernorm.weight")),
                 q_norm=_norm_weight(tensor(a + "q_norm.weight")), k_norm=_norm_weight(tensor(a + "k_norm.weight")),
-                inv_freq=inv_freq, window=cfg.sliding_window if kind == "sliding_attention" else None))
+                inv_freq=inv_freq, window=cfg.sliding_window if kind == "sliding_attention" else None)
+            if quantize:
+                x = self._quantize_layer(layer, x, geometry)
+            self.layers.append(layer)
         self.final_norm = _norm_weight(tensor("norm.weight"))
-        self.intermediate = cfg.intermediate_size
+
+    def _quantize_layer(self, layer: Layer, x: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
+        """Run the calibration hidden states `x` through `layer` (in `dtype`), smooth and quantise its four
+        weight matmuls in place, and return the layer's output for the next one."""
+        names = ("qkv", "o", "gate_up", "down")
+        for n in names:
+            setattr(layer, n, _AbsMax(getattr(layer, n)))
+        out, _ = self._layer(layer, x, None, *geometry.of(layer))
+        peaks = {}
+        for n in names:
+            recorder = getattr(layer, n)
+            setattr(layer, n, recorder.linear)
+            peaks[n] = recorder.peak
+        for n, weight in self.smooth(layer, peaks).items():
+            setattr(layer, n, Int8Linear(weight))
+        return out
+
+    def smooth(self, layer: Layer, peaks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """SmoothQuant for one layer: given the largest |input| per channel of its matmuls (`peaks` by name),
+        divide each input channel by s and multiply the matching weight column by s, folding 1/s exactly
+        into what produces the input. Updates the layer's norm weights in place and returns the new float32
+        weights of qkv, o, gate_up and down (the layer's own matmuls are left as they were)."""
+        wt = {n: getattr(layer, n).weight.float().clone() for n in peaks}
+        # q/k/v and gate/up read normed inputs: fold 1/s into the norm's (1 + w)
+        s = _smooth_scale(peaks["qkv"], _column_peak(wt["qkv"]))
+        layer.input_norm, wt["qkv"] = layer.input_norm / s, wt["qkv"] * s
+        s = _smooth_scale(peaks["gate_up"], _column_peak(wt["gate_up"]))
+        layer.pre_ff_norm, wt["gate_up"] = layer.pre_ff_norm / s, wt["gate_up"] * s
+        # down reads gelu(gate) * up: fold 1/s into the up rows
+        s = _smooth_scale(peaks["down"], _column_peak(wt["down"]))
+        wt["gate_up"][self.intermediate:] /= s[:, None]
+        wt["down"] = wt["down"] * s
+        # o reads attention-weighted values: fold 1/s into the value rows, one scale per value channel,
+        # shared by the query heads that read that key/value head
+        g, hd = self.n_heads // self.n_kv, self.head_dim
+        s = _smooth_scale(peaks["o"].view(self.n_kv, g, hd).amax(dim=1),
+                          _column_peak(wt["o"]).view(self.n_kv, g, hd).amax(dim=1))  # [n_kv, hd]
+        wt["qkv"][(self.n_heads + self.n_kv) * hd:] /= s.reshape(-1)[:, None]
+        wt["o"] = wt["o"] * s[:, None, :].expand(self.n_kv, g, hd).reshape(-1)
+        return wt
 
     @classmethod
-    def from_module(cls, decoder, embedding: torch.Tensor | None = None, quantize: str | None = None) -> SuffixDecoder:
+    def from_module(cls, decoder, embedding: torch.Tensor | None = None, quantize: str | None = None,
+                    calibration: list[int] | None = None) -> SuffixDecoder:
         """From a (merged) Hugging Face `Gemma3TextModel`; `embedding` may replace its embedding table."""
         params = dict(decoder.named_parameters())
         emb = decoder.embed_tokens
         scale = float(getattr(emb, "scalar_embed_scale", math.sqrt(decoder.config.hidden_size)))
         return cls(decoder.config, params.__getitem__, emb.weight.detach() if embedding is None else embedding,
-                   scale, emb.weight.dtype, quantize)
+                   scale, emb.weight.dtype, quantize, calibration)
 
     @classmethod
     def from_checkpoint(cls, cfg, tensor: Callable[[str], torch.Tensor], embedding: torch.Tensor,
-                        dtype: torch.dtype, quantize: str | None = None) -> SuffixDecoder:
+                        dtype: torch.dtype, quantize: str | None = None,
+                        calibration: list[int] | None = None) -> SuffixDecoder:
         """From checkpoint weights read one at a time (no Hugging Face model is ever built)."""
-        return cls(cfg, tensor, embedding, math.sqrt(cfg.hidden_size), dtype, quantize)
+        return cls(cfg, tensor, embedding, math.sqrt(cfg.hidden_size), dtype, quantize, calibration)
 
     # ------------------------------------------------------------------------------------------------
     def encode_prefix(self, ids: list[int]) -> PrefixCache:
@@ -185,26 +286,19 @@ class SuffixDecoder:
         return h
 
     # ------------------------------------------------------------------------------------------------
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.embed).to(self.dtype) * torch.tensor(self.embed_scale, dtype=self.dtype)
+
     def _run(self, ids: torch.Tensor, prefix: PrefixCache | None, want_cache: bool,
              rows: torch.Tensor | None = None, cols: torch.Tensor | None = None):
         B, L = ids.shape
         P = 0 if prefix is None else prefix[0][1].shape[1]  # values: [n_kv, P, hd]
-        x = F.embedding(ids, self.embed).to(self.dtype) * torch.tensor(self.embed_scale, dtype=self.dtype)
-        pos = torch.arange(P, P + L, dtype=torch.float)
-        masks: dict[int | None, torch.Tensor] = {}
-        trig: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        x = self._embed(ids)
+        geometry = _Geometry(P, L, self.dtype)
         cache: PrefixCache = []
         for li, layer in enumerate(self.layers):
-            if layer.window not in masks:
-                masks[layer.window] = _mask(P, L, layer.window)
-            key = -1 if layer.window is None else layer.window  # one RoPE base per attention kind
-            if key not in trig:
-                freqs = pos[:, None] * layer.inv_freq[None, :]
-                emb = torch.cat((freqs, freqs), dim=-1)
-                trig[key] = (emb.cos().to(self.dtype), emb.sin().to(self.dtype))
-            cos, sin = trig[key]
             last = li == len(self.layers) - 1 and rows is not None
-            x, kv = self._layer(layer, x, None if prefix is None else prefix[li], masks[layer.window], cos, sin,
+            x, kv = self._layer(layer, x, None if prefix is None else prefix[li], *geometry.of(layer),
                                 (rows, cols) if last else None)
             if want_cache:  # batch of one (the prefix): keys stored transposed for the suffix matmul
                 cache.append((kv[0][0].transpose(-1, -2).contiguous(), kv[1][0].contiguous()))

@@ -129,7 +129,7 @@ class Engine:
 
         Inference only: call it on a merged model. Keeps only the candidate rows of the output head.
         `embedding`: an equal token-embedding table held elsewhere (memory-mapped), checked on the prefix rows.
-        `quantize="int8"`: int8 weight matmuls (runtime.Int8Linear).
+        `quantize="int8"`: int8 weight matmuls (runtime.Int8Linear), calibrated on the declarations prefix.
         """
         from .runtime import SuffixDecoder
 
@@ -140,7 +140,7 @@ class Engine:
                     embedding[ids].float(), own, rtol=1e-2, atol=1e-3):
                 embedding = None  # e.g. an adapter that trained token embeddings: keep the model's own
         head = self._head() if self._head_rows is None else None
-        self.set_runtime(SuffixDecoder.from_module(self._decoder(), embedding, quantize), head)
+        self.set_runtime(SuffixDecoder.from_module(self._decoder(), embedding, quantize, self.prefix_ids), head)
 
     def set_runtime(self, runtime, head: torch.Tensor | None) -> None:
         """Route with a lean forward (runtime.SuffixDecoder) and the output head `head` [vocab, hidden]
