@@ -203,15 +203,18 @@ def test_smoothing_folds_exactly(monkeypatch):
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
 
 
-def test_int8_linear_quantises_each_token_on_its_own_scale():
+@pytest.mark.parametrize("reduce_range", [False, True])  # 8-bit inputs (VNNI CPUs) and 7-bit (older ones)
+def test_int8_linear_quantises_each_token_on_its_own_scale(reduce_range):
     from shoprouter.runtime import Int8Linear
 
     torch.manual_seed(0)
     w = torch.randn(24, 32)
     x = torch.randn(3, 32) * torch.tensor([[1000.0], [1.0], [0.001]])  # one loud token among quiet ones
-    got, exact = Int8Linear(w)(x), x @ w.T
+    linear = Int8Linear(w)
+    linear.reduce_range = reduce_range
+    got, exact = linear(x), x @ w.T
     rel = (got - exact).norm(dim=1) / exact.norm(dim=1)
-    assert (rel < 0.02).all(), rel
+    assert (rel < 0.03).all(), rel
 
 
 def test_int8_decoder_needs_calibration_ids():

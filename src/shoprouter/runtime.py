@@ -10,6 +10,7 @@ weights reordered once into oneDNN's blocked layout, which a plain matmul otherw
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -41,11 +42,23 @@ class Linear:
         return y.view(*x.shape[:-1], self.out_features)
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_vnni() -> bool:
+    """True when the CPU has VNNI int8 dot products (Linux /proc/cpuinfo); without them fbgemm's 8-bit inputs
+    can saturate its 16-bit intermediate sums, so inputs are quantised to 7 bits instead."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 class Int8Linear:
     """y = x W^T with W stored as int8, one scale per output row (half the bytes of bf16); the input is
     quantised to int8 on every call, one scale per token (each row is scaled to the full 8-bit range, so
-    a token with large activations does not cost the others their precision), and the product comes back
-    in the input's dtype. Uses PyTorch's dynamic-quantisation kernels (fbgemm)."""
+    a token with large activations does not cost the others their precision; 7 bits on CPUs without VNNI),
+    and the product comes back in the input's dtype. Uses PyTorch's dynamic-quantisation kernels (fbgemm)."""
 
     def __init__(self, weight: torch.Tensor):
         w = weight.detach().float()
@@ -55,11 +68,12 @@ class Int8Linear:
             q = torch.quantize_per_channel(w, scale, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
         self.weight = torch.ops.quantized.linear_prepack(q, None)
         self.out_features = w.shape[0]
+        self.reduce_range = not cpu_has_vnni()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).float()
         peak = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)  # the kernel's one scale then fits every row
-        y = torch.ops.quantized.linear_dynamic(rows / peak, self.weight, reduce_range=False) * peak
+        y = torch.ops.quantized.linear_dynamic(rows / peak, self.weight, reduce_range=self.reduce_range) * peak
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
 
