@@ -1,8 +1,8 @@
 """Where a single message's time goes in the lora router: torch.profiler over messages routed one at a time.
 
-    python scripts/latency_profile.py [--messages 100] [--pad-to 16] [--top 12]
+    python scripts/latency_profile.py [--messages 100] [--pad-to 16] [--quantize auto|int8|none] [--top 12]
 
-Prints the operators with the most self CPU time (aten::addmm / mkldnn linear = the weight matmuls,
+Prints the operators with the most self CPU time (quantized::linear_dynamic / mkldnn linear = the weight matmuls,
 aten::bmm / matmul = attention against the prefix and the suffix, the rest elementwise work) and the
 wall-clock p50 of the same messages without the profiler.
 """
@@ -19,6 +19,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=100)
     ap.add_argument("--pad-to", type=int, default=None)
+    ap.add_argument("--quantize", choices=["auto", "int8", "none"], default="auto",
+                    help="the router's quantize option (default auto: int8 on x86)")
     ap.add_argument("--top", type=int, default=12)
     args = ap.parse_args()
     import torch
@@ -26,7 +28,10 @@ def main() -> None:
     from shoprouter.lora import LoraRouter
     from shoprouter.rows import read_rows
 
-    router = LoraRouter() if args.pad_to is None else LoraRouter(pad_to=args.pad_to)
+    options = {"quantize": None if args.quantize == "none" else args.quantize}
+    if args.pad_to is not None:
+        options["pad_to"] = args.pad_to
+    router = LoraRouter(**options)
     rows = read_rows(Path(__file__).resolve().parents[1] / "data" / "realistic_dev.jsonl")
     rows = [rows[i % len(rows)] for i in range(args.messages)]
     for row in rows[:20]:  # warm-up: first calls of a shape build oneDNN kernels

@@ -1,6 +1,6 @@
 """Where the lora router's memory goes: process RSS after each loading stage and after routing messages.
 
-    python scripts/memory_profile.py [--messages 400] [--pad-to 16] [--quantize int8] [--json]
+    python scripts/memory_profile.py [--messages 400] [--pad-to 16] [--quantize auto|int8|none] [--json]
 
 Reads /proc/self/status (Linux): VmRSS (resident now), VmHWM (peak so far), RssAnon (heap and other private
 memory), RssFile (mapped files: libraries, the memory-mapped embedding rows). Messages come from the
@@ -31,7 +31,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=400)
     ap.add_argument("--pad-to", type=int, default=None, help="the router's pad_to (default: the router's own)")
-    ap.add_argument("--quantize", choices=["int8"], default=None, help="int8 weight matmuls (default: bf16/float)")
+    ap.add_argument("--quantize", choices=["auto", "int8", "none"], default="auto",
+                    help="the router's quantize option (default auto: int8 on x86; none: bf16/float)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     mark("python")
@@ -39,19 +40,20 @@ def main() -> None:
 
     mark("import torch")
     from shoprouter.agents import default_registry
-    from shoprouter.lora import PAD_TO, lean_runtime, read_lora, shipped_adapter
+    from shoprouter.lora import PAD_TO, lean_runtime, read_lora, resolve_quantize, shipped_adapter
     from shoprouter.model import load_fast_tokenizer, release_freed_memory, resolve_base, resolve_dtype
     from shoprouter.rows import read_rows
     from shoprouter.scoring import Engine
 
     mark("import shoprouter (+ transformers config)")
     dtype = resolve_dtype("auto")
+    quantize = resolve_quantize(None if args.quantize == "none" else args.quantize, "lean")
     where = resolve_base(None, dtype)
     tokenizer = load_fast_tokenizer(where)
     mark("tokenizer")
     engine = Engine(None, tokenizer, default_registry())
-    built = lean_runtime(where, read_lora(shipped_adapter()), dtype, args.quantize, engine.prefix_ids)
-    mark(f"layer weights ({args.quantize or dtype}, LoRA merged, prepacked)")
+    built = lean_runtime(where, read_lora(shipped_adapter()), dtype, quantize, engine.prefix_ids)
+    mark(f"layer weights ({quantize or dtype}, LoRA merged, {'smoothed, calibrated' if quantize else 'prepacked'})")
     engine.set_runtime(*built)
     del built
     release_freed_memory()

@@ -156,7 +156,7 @@ def test_int8_router_stays_close_to_float(tiny_adapter, tiny_base, forward):
 
     out, _ = tiny_adapter
     texts = ["where is my order", "my card was declined", "tell me a joke"]
-    exact = LoraRouter(adapter=out, base=str(tiny_base)).route_batch(texts)
+    exact = LoraRouter(adapter=out, base=str(tiny_base), quantize=None).route_batch(texts)
     router = LoraRouter(adapter=out, base=str(tiny_base), quantize="int8", forward=forward)
     if forward == "lean":  # int8 weight matmuls inside the lean runtime, not the transformers model
         assert router.engine.model is None
@@ -232,10 +232,22 @@ def test_time_budget_run_ends_with_its_schedule(tiny_base, tiny_data, tmp_path):
 def test_router_dtype_gives_the_same_decisions(tiny_adapter, tiny_base, dtype):
     out, _ = tiny_adapter
     texts = ["where is my order", "my card was declined", "tell me a joke"]
-    ref = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32").route_batch(texts)
-    got = LoraRouter(adapter=out, base=str(tiny_base), dtype=dtype).route_batch(texts)
+    ref = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", quantize=None).route_batch(texts)
+    got = LoraRouter(adapter=out, base=str(tiny_base), dtype=dtype, quantize=None).route_batch(texts)
     for a, b in zip(ref, got, strict=True):
         assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 0.05
+
+
+def test_auto_quantization_is_int8_in_the_lean_forward_on_x86(tiny_adapter, tiny_base):
+    from shoprouter.lora import resolve_quantize
+
+    out, _ = tiny_adapter
+    x86 = "fbgemm" in torch.backends.quantized.supported_engines
+    assert resolve_quantize("auto", "lean") == ("int8" if x86 else None)
+    assert resolve_quantize("auto", "hf") is None  # torch.ao's int8 in the transformers forward loses accuracy
+    assert resolve_quantize(None, "lean") is None
+    assert LoraRouter(adapter=out, base=str(tiny_base)).quantize == resolve_quantize("auto", "lean")
+    assert LoraRouter(adapter=out, base=str(tiny_base), quantize=None).quantize is None
 
 
 def test_unknown_quantization_is_refused(tiny_adapter, tiny_base):

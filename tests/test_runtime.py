@@ -56,8 +56,10 @@ def test_router_lean_and_transformers_forward_agree(tiny_adapter, tiny_base):
     out, _ = tiny_adapter
     texts = ["where is my order", "my card was declined twice and the app crashed", "tell me a joke"]
     hist = [[], [{"text": "hello", "label": "clarify"}], []]
-    hf = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", forward="hf").route_batch(texts, hist)
-    lean = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", forward="lean").route_batch(texts, hist)
+    hf = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", forward="hf", quantize=None).route_batch(
+        texts, hist)
+    lean = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", forward="lean", quantize=None).route_batch(
+        texts, hist)
     for a, b in zip(hf, lean, strict=True):
         assert a.decision == b.decision
         assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-4
@@ -161,8 +163,8 @@ def test_fast_tokenizer_gives_the_transformers_ids(tiny_base, labelled_rows):
 def test_padding_the_suffix_changes_no_score(tiny_adapter, tiny_base):
     out, _ = tiny_adapter
     texts = ["where is my order", "my card was declined twice and the app crashed", "tell me a joke"]
-    exact = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", pad_to=1).route_batch(texts)
-    router = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", pad_to=16)
+    exact = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", quantize=None, pad_to=1).route_batch(texts)
+    router = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", quantize=None, pad_to=16)
     padded = [router.route(t) for t in texts]  # one message at a time: the padded path
     for a, b in zip(exact, padded, strict=True):
         assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-5
@@ -210,7 +212,7 @@ def test_int8_linear_quantises_each_token_on_its_own_scale(reduce_range):
     torch.manual_seed(0)
     w = torch.randn(24, 32)
     x = torch.randn(3, 32) * torch.tensor([[1000.0], [1.0], [0.001]])  # one loud token among quiet ones
-    linear = Int8Linear(w)
+    linear = Int8Linear(w, per_token=True)
     linear.reduce_range = reduce_range
     got, exact = linear(x), x @ w.T
     rel = (got - exact).norm(dim=1) / exact.norm(dim=1)

@@ -174,7 +174,17 @@ class Int8Embedding(torch.nn.Module):
 
 def _check_quantize(quantize: str | None) -> None:
     if quantize not in (None, *QUANTIZATIONS):
-        raise ShopRouterError(f"unknown quantization {quantize!r}; use {' or '.join(map(repr, QUANTIZATIONS))} or none")
+        raise ShopRouterError(f"unknown quantization {quantize!r}; use {' or '.join(map(repr, QUANTIZATIONS))}, "
+                              "'auto' or none")
+
+
+def resolve_quantize(quantize: str | None, forward: str) -> str | None:
+    """`'auto'` (the default): int8 in the lean forward where PyTorch has its x86 int8 kernels (fbgemm),
+    else none (bf16/float); other values are checked and returned."""
+    if quantize == "auto":
+        return "int8" if forward == "lean" and "fbgemm" in torch.backends.quantized.supported_engines else None
+    _check_quantize(quantize)
+    return quantize
 
 
 def compact_for_inference(engine, quantize: str | None) -> None:
@@ -213,13 +223,17 @@ def length_buckets(lengths: Sequence[int], max_size: int, slack: float = 1.25) -
 
 
 class LoraRouter(Router):
-    """Routes with the fine-tuned model: a probability over every declared function from one forward pass."""
+    """Routes with the fine-tuned model: a probability over every declared function from one forward pass.
+
+    `quantize`: `"auto"` (default; int8 weight matmuls in the lean forward on x86, see `resolve_quantize`),
+    `"int8"`, or None for the weights in `dtype` (bf16 where the CPU has it, else float32).
+    """
 
     name = "lora"
 
     def __init__(self, adapter: str | Path | None = None, registry: Registry | None = None, base: str | None = None,
                  clarify_threshold: float = DEFAULT_CLARIFY_THRESHOLD, temperature: float | None = None,
-                 batch_size: int = 32, threads: int | None = None, quantize: str | None = None,
+                 batch_size: int = 32, threads: int | None = None, quantize: str | None = "auto",
                  dtype: str | None = "auto", forward: str = "lean", pad_to: int = PAD_TO):
         from .model import resolve_dtype
         from .scoring import Engine
@@ -243,7 +257,7 @@ class LoraRouter(Router):
             raise ShopRouterError(f"unknown forward {forward!r}; use 'lean' (runtime.py) or 'hf' (transformers)")
         if not isinstance(pad_to, int) or not 1 <= pad_to <= 64:
             raise ShopRouterError(f"pad_to must be a whole number from 1 to 64, got {pad_to!r}")
-        _check_quantize(quantize)
+        quantize = resolve_quantize(quantize, forward)
         self.quantize = quantize
         self.forward = forward
         base = base or meta.get("base")
