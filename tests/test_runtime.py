@@ -29,6 +29,17 @@ def _tiny_gemma(sliding_window: int, seed: int = 0):
     return model
 
 
+def _suffix_batch(suffixes):
+    """Right-padded ids [B, L] of token lists, and the (row, col) of every real token."""
+    width = max(map(len, suffixes))
+    ids = torch.zeros(len(suffixes), width, dtype=torch.long)
+    for i, s in enumerate(suffixes):
+        ids[i, : len(s)] = torch.tensor(s)
+    rows = torch.tensor([i for i, s in enumerate(suffixes) for _ in s])
+    cols = torch.tensor([c for s in suffixes for c in range(len(s))])
+    return ids, rows, cols
+
+
 @pytest.mark.parametrize("window", [512, 6])  # 6: the sliding window cuts into the prefix and the suffix
 def test_lean_forward_equals_transformers_on_a_cached_prefix(window):
     model = _tiny_gemma(window)
@@ -42,12 +53,7 @@ def test_lean_forward_equals_transformers_on_a_cached_prefix(window):
             ref.append(out.last_hidden_state[0, len(prefix):])
     lean = SuffixDecoder.from_module(body)
     cache = lean.encode_prefix(prefix)
-    width = max(map(len, suffixes))
-    ids = torch.zeros(len(suffixes), width, dtype=torch.long)
-    for i, s in enumerate(suffixes):
-        ids[i, : len(s)] = torch.tensor(s)
-    rows = torch.tensor([i for i, s in enumerate(suffixes) for _ in s])
-    cols = torch.tensor([c for s in suffixes for c in range(len(s))])
+    ids, rows, cols = _suffix_batch(suffixes)
     got = lean.hidden_at(ids, cache, rows, cols)
     torch.testing.assert_close(got, torch.cat(ref), rtol=1e-4, atol=1e-4)
 
@@ -172,16 +178,6 @@ def test_padding_the_suffix_changes_no_score(tiny_adapter, tiny_base):
 
     with pytest.raises(ShopRouterError, match="pad_to"):
         LoraRouter(adapter=out, base=str(tiny_base), pad_to=0)
-
-
-def _suffix_batch(suffixes):
-    width = max(map(len, suffixes))
-    ids = torch.zeros(len(suffixes), width, dtype=torch.long)
-    for i, s in enumerate(suffixes):
-        ids[i, : len(s)] = torch.tensor(s)
-    rows = torch.tensor([i for i, s in enumerate(suffixes) for _ in s])
-    cols = torch.tensor([c for s in suffixes for c in range(len(s))])
-    return ids, rows, cols
 
 
 def test_smoothing_folds_exactly(monkeypatch):

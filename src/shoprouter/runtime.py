@@ -257,7 +257,7 @@ class SuffixDecoder:
         divide each input channel by s and multiply the matching weight column by s, folding 1/s exactly
         into what produces the input. Updates the layer's norm weights in place and returns the new float32
         weights of qkv, o, gate_up and down (the layer's own matmuls are left as they were)."""
-        wt = {n: getattr(layer, n).weight.float().clone() for n in peaks}
+        wt = {n: getattr(layer, n).weight.to(torch.float32, copy=True) for n in peaks}
         # q/k/v and gate/up read normed inputs: fold 1/s into the norm's (1 + w)
         s = _smooth_scale(peaks["qkv"], _column_peak(wt["qkv"]))
         layer.input_norm, wt["qkv"] = layer.input_norm / s, wt["qkv"] * s
