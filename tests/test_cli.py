@@ -197,6 +197,9 @@ def test_error_bad_options(tmp_path, labelled_file):
     assert_one_line_error(run("route", "hi", "-r", "rules", "--no-such-flag"), "no such option")
     target = _file(tmp_path, "afile", b"x")
     assert_one_line_error(run("data", "generate", "--out", target), "not a directory")
+    for targets in ("q_proj,lm_head", "q_proj,q_proj", ","):
+        assert_one_line_error(run("train", "--data", tmp_path, "--out", tmp_path / "o", "--targets", targets),
+                              "--targets must list distinct layers")
 
 
 def test_bench_json_with_router_options(labelled_file):

