@@ -56,9 +56,8 @@ def cpu_has_vnni() -> bool:
 
 class Int8Linear:
     """y = x W^T with W stored as int8, one scale per output row (half the bytes of bf16); the input is
-    quantised to int8 on every call (7 bits on CPUs without VNNI) and the product comes back in the input's
-    dtype. Uses PyTorch's dynamic-quantisation kernels (fbgemm), which take one input scale per call;
-    `per_token=True` first scales every row (token) to the same peak and undoes it on the output, so a token
+    quantised to int8 on every call (7 bits on CPUs without VNNI) and the product comes back in float32.
+    Uses PyTorch's dynamic-quantisation kernels (fbgemm), which take one input scale per call; `per_token=True` first scales every row (token) to the same peak and undoes it on the output, so a token
     with large activations does not cost the others their precision (two extra elementwise passes)."""
 
     def __init__(self, weight: torch.Tensor, per_token: bool = False):
@@ -76,10 +75,10 @@ class Int8Linear:
         rows = x.reshape(-1, x.shape[-1]).float()
         if not self.per_token:
             y = torch.ops.quantized.linear_dynamic(rows, self.weight, reduce_range=self.reduce_range)
-        else:
-            peak = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)  # the one scale then fits every row
-            y = torch.ops.quantized.linear_dynamic(rows / peak, self.weight, reduce_range=self.reduce_range) * peak
-        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        else:  # one fused pass for the row peaks; the one scale then fits every row
+            peak = torch.linalg.vector_norm(rows, ord=math.inf, dim=1, keepdim=True).clamp_(min=1e-12)
+            y = torch.ops.quantized.linear_dynamic(rows / peak, self.weight, reduce_range=self.reduce_range).mul_(peak)
+        return y.view(*x.shape[:-1], self.out_features)
 
 
 class _AbsMax:
@@ -133,8 +132,8 @@ class Layer:
     post_attn_norm: torch.Tensor
     pre_ff_norm: torch.Tensor
     post_ff_norm: torch.Tensor
-    q_norm: torch.Tensor
-    k_norm: torch.Tensor
+    qk_norm: torch.Tensor  # [n_heads + n_kv, head_dim]: q_norm's (1 + w) x attention scaling per query head, then
+    # k_norm's (1 + w) for each key head
     inv_freq: torch.Tensor
     window: int | None  # sliding window, None for full attention
 
@@ -147,31 +146,34 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x.float(), (x.shape[-1],), weight, eps).to(x.dtype)
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """RoPE in the rotate-half layout: x cos + (-x2, x1) sin, with the minus already in `signed_sin`'s first
+    half, so the rotation is one roll (three kernel calls instead of five)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
 class _Geometry:
     """Attention mask and RoPE cos/sin for L suffix positions after P prefix positions, made once per
-    attention kind (sliding window, RoPE base) and shared by the layers of that kind."""
+    attention kind (sliding window, RoPE base) and shared by the layers of that kind. The mask is repeated
+    for the `groups` query heads that share a key/value head (they are laid out one after another)."""
 
-    def __init__(self, P: int, L: int, dtype: torch.dtype):
-        self.P, self.L, self.dtype = P, L, dtype
+    def __init__(self, P: int, L: int, dtype: torch.dtype, groups: int):
+        self.P, self.L, self.dtype, self.groups = P, L, dtype, groups
         self.masks: dict[int | None, torch.Tensor] = {}
         self.trig: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def of(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mask, cos, sin) for `layer`."""
+        """(mask, cos, signed sin) for `layer` (see `_rope`)."""
         if layer.window not in self.masks:
-            self.masks[layer.window] = _mask(self.P, self.L, layer.window)
+            self.masks[layer.window] = _mask(self.P, self.L, layer.window).repeat(self.groups, 1)
         key = -1 if layer.window is None else layer.window  # one RoPE base per attention kind
         if key not in self.trig:
             pos = torch.arange(self.P, self.P + self.L, dtype=torch.float)
             freqs = pos[:, None] * layer.inv_freq[None, :]
             emb = torch.cat((freqs, freqs), dim=-1)
-            self.trig[key] = (emb.cos().to(self.dtype), emb.sin().to(self.dtype))
+            sin = emb.sin()
+            sin[:, : sin.shape[1] // 2] *= -1
+            self.trig[key] = (emb.cos().to(self.dtype), sin.to(self.dtype))
         cos, sin = self.trig[key]
         return self.masks[layer.window], cos, sin
 
@@ -187,7 +189,8 @@ class SuffixDecoder:
         (`layers.0.self_attn.q_proj.weight`, `norm.weight`, ...); `embedding`: the token-embedding table,
         which may live elsewhere (a memory-mapped file, so the 262,144-row table is not kept in memory) —
         rows are cast to `dtype` on lookup. `quantize="int8"`: the weight matmuls in int8 (`Int8Linear`);
-        norms, attention and the rest stay in `dtype`. int8 needs `calibration`, token ids (the declarations
+        attention stays in `dtype`; the hidden states between matmuls are float32, the int8 kernels' own input
+        and output dtype, so no conversion surrounds each matmul. int8 needs `calibration`, token ids (the declarations
         prefix) run through each layer in `dtype` as it is built: their largest activation per channel sets
         SmoothQuant scales, folded exactly into the preceding norm, up or value projection, before the
         layer's weights are quantised. Use `from_module` or `from_checkpoint`.
@@ -199,7 +202,7 @@ class SuffixDecoder:
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim, self.eps = cfg.head_dim, cfg.rms_norm_eps
         self.scaling = cfg.query_pre_attn_scalar ** -0.5
-        self.dtype = dtype
+        self.dtype = self.act = dtype  # attention / hidden states between matmuls (float32 with int8, below)
         self.embed = embedding
         self.embed_scale = embed_scale
         self.intermediate = cfg.intermediate_size
@@ -211,7 +214,7 @@ class SuffixDecoder:
 
         if quantize:
             x = self._embed(torch.tensor([calibration], dtype=torch.long))
-            geometry = _Geometry(0, x.shape[1], dtype)
+            geometry = _Geometry(0, x.shape[1], dtype, self.n_heads // self.n_kv)
         self.layers: list[Layer] = []
         for i in range(cfg.num_hidden_layers):
             a, m = f"layers.{i}.self_attn.", f"layers.{i}.mlp."
@@ -226,12 +229,15 @@ class SuffixDecoder:
                 post_attn_norm=_norm_weight(tensor(f"layers.{i}.post_attention_layernorm.weight")),
                 pre_ff_norm=_norm_weight(tensor(f"layers.{i}.pre_feedforward_layernorm.weight")),
                 post_ff_norm=_norm_weight(tensor(f"layers.{i}.post_feedforward_layernorm.weight")),
-                q_norm=_norm_weight(tensor(a + "q_norm.weight")), k_norm=_norm_weight(tensor(a + "k_norm.weight")),
+                qk_norm=torch.cat([_norm_weight(tensor(a + "q_norm.weight")).expand(self.n_heads, -1) * self.scaling,
+                                   _norm_weight(tensor(a + "k_norm.weight")).expand(self.n_kv, -1)]),
                 inv_freq=inv_freq, window=cfg.sliding_window if kind == "sliding_attention" else None)
             if quantize:
                 x = self._quantize_layer(layer, x, geometry)
             self.layers.append(layer)
         self.final_norm = _norm_weight(tensor("norm.weight"))
+        if quantize:
+            self.act = torch.float32
 
     def _quantize_layer(self, layer: Layer, x: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
         """Run the calibration hidden states `x` through `layer` (in `dtype`), smooth and quantise its four
@@ -309,14 +315,14 @@ class SuffixDecoder:
 
     # ------------------------------------------------------------------------------------------------
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.embed).to(self.dtype) * torch.tensor(self.embed_scale, dtype=self.dtype)
+        return F.embedding(ids, self.embed).to(self.act) * torch.tensor(self.embed_scale, dtype=self.dtype)
 
     def _run(self, ids: torch.Tensor, prefix: PrefixCache | None, want_cache: bool,
              rows: torch.Tensor | None = None, cols: torch.Tensor | None = None):
         B, L = ids.shape
         P = 0 if prefix is None else prefix[0][1].shape[1]  # values: [n_kv, P, hd]
         x = self._embed(ids)
-        geometry = _Geometry(P, L, self.dtype)
+        geometry = _Geometry(P, L, self.act, self.n_heads // self.n_kv)
         cache: PrefixCache = []
         for li, layer in enumerate(self.layers):
             last = li == len(self.layers) - 1 and rows is not None
@@ -333,28 +339,29 @@ class SuffixDecoder:
         g = nh // nkv
         h = _rms(x, w.input_norm, self.eps)
         qkv = w.qkv(h)
-        q = qkv[..., : nh * hd].view(B, L, nh, hd)
-        k = qkv[..., nh * hd: (nh + nkv) * hd].view(B, L, nkv, hd)
-        v = qkv[..., (nh + nkv) * hd:].view(B, L, nkv, hd)
-        q = _rope(_rms(q, w.q_norm, self.eps), cos[:, None], sin[:, None])
-        k = _rope(_rms(k, w.k_norm, self.eps), cos[:, None], sin[:, None])
+        # queries and keys normed and rotated together (each head over its own head_dim), fewer small ops
+        qk = qkv[..., : (nh + nkv) * hd].view(B, L, nh + nkv, hd)
+        qk = (F.rms_norm(qk.float(), (hd,), None, self.eps) * w.qk_norm).to(qk.dtype)
+        qk = _rope(qk, cos[:, None], sin[:, None]).to(self.dtype)
+        q, k = qk[:, :, :nh], qk[:, :, nh:]
+        v = qkv[..., (nh + nkv) * hd:].view(B, L, nkv, hd).to(self.dtype)
         # queries grouped under their key/value head: [B, n_kv, g * L, hd], no copy of keys/values per head
         q = q.view(B, L, nkv, g, hd).permute(0, 2, 3, 1, 4).reshape(B, nkv, g * L, hd)
         k = k.transpose(1, 2)  # [B, n_kv, L, hd]
         v = v.transpose(1, 2)
-        scores = (q @ k.transpose(-1, -2)).float()  # [B, n_kv, gL, L]
+        scores = q @ k.transpose(-1, -2)  # [B, n_kv, gL, L], already scaled (in q_norm)
         if prefix is not None:
             pk_t, pv = prefix  # shared by the whole batch: one matmul for every row; keys stored transposed
-            sp = (q.transpose(0, 1).reshape(nkv, B * g * L, hd) @ pk_t).float()
+            sp = q.transpose(0, 1).reshape(nkv, B * g * L, hd) @ pk_t
             scores = torch.cat([sp.view(nkv, B, g * L, -1).transpose(0, 1), scores], dim=-1)
-        scores = scores * self.scaling + mask.repeat(g, 1)
-        probs = torch.softmax(scores, dim=-1).to(x.dtype)
+        # scores in the attention dtype and softmax in float32, as the Hugging Face eager attention does
+        probs = torch.softmax(scores + mask, dim=-1, dtype=torch.float32).to(self.dtype)
         P = scores.shape[-1] - L
         out = probs[..., P:] @ v
         if prefix is not None:
             pp = probs[..., :P].transpose(0, 1).reshape(nkv, B * g * L, P)
             out = out + (pp @ pv).view(nkv, B, g * L, hd).transpose(0, 1)
-        out = out.view(B, nkv, g, L, hd).permute(0, 3, 1, 2, 4).reshape(B, L, nh * hd)
+        out = out.view(B, nkv, g, L, hd).permute(0, 3, 1, 2, 4).reshape(B, L, nh * hd).to(self.act)
         if only is not None:  # last layer: the rest is per position, so keep just the positions asked for
             rows, cols = only
             x, out = x[rows, cols].unsqueeze(0), out[rows, cols].unsqueeze(0)
