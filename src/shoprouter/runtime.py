@@ -57,8 +57,9 @@ def cpu_has_vnni() -> bool:
 class Int8Linear:
     """y = x W^T with W stored as int8, one scale per output row (half the bytes of bf16); the input is
     quantised to int8 on every call (7 bits on CPUs without VNNI) and the product comes back in float32.
-    Uses PyTorch's dynamic-quantisation kernels (fbgemm), which take one input scale per call; `per_token=True` first scales every row (token) to the same peak and undoes it on the output, so a token
-    with large activations does not cost the others their precision (two extra elementwise passes)."""
+    Uses PyTorch's dynamic-quantisation kernels (fbgemm), which take one input scale per call; `per_token=True`
+    first scales every row (token) to the same peak and undoes it on the output, so a token with large
+    activations does not cost the others their precision (two extra elementwise passes)."""
 
     def __init__(self, weight: torch.Tensor, per_token: bool = False):
         w = weight.detach().float()
@@ -132,8 +133,8 @@ class Layer:
     post_attn_norm: torch.Tensor
     pre_ff_norm: torch.Tensor
     post_ff_norm: torch.Tensor
-    qk_norm: torch.Tensor  # [n_heads + n_kv, head_dim]: q_norm's (1 + w) x attention scaling per query head, then
-    # k_norm's (1 + w) for each key head
+    # [n_heads + n_kv, head_dim]: q_norm's (1 + w) x attention scaling per query head, then k_norm's (1 + w)
+    qk_norm: torch.Tensor
     inv_freq: torch.Tensor
     window: int | None  # sliding window, None for full attention
 
@@ -188,12 +189,12 @@ class SuffixDecoder:
         `cfg`: its `Gemma3TextConfig`; `tensor(name)`: a weight by its name inside the decoder
         (`layers.0.self_attn.q_proj.weight`, `norm.weight`, ...); `embedding`: the token-embedding table,
         which may live elsewhere (a memory-mapped file, so the 262,144-row table is not kept in memory) —
-        rows are cast to `dtype` on lookup. `quantize="int8"`: the weight matmuls in int8 (`Int8Linear`);
-        attention stays in `dtype`; the hidden states between matmuls are float32, the int8 kernels' own input
-        and output dtype, so no conversion surrounds each matmul. int8 needs `calibration`, token ids (the declarations
-        prefix) run through each layer in `dtype` as it is built: their largest activation per channel sets
-        SmoothQuant scales, folded exactly into the preceding norm, up or value projection, before the
-        layer's weights are quantised. Use `from_module` or `from_checkpoint`.
+        rows are cast to the hidden states' dtype on lookup. `quantize="int8"`: the weight matmuls in int8
+        (`Int8Linear`); attention stays in `dtype`; the hidden states between matmuls are float32, the int8
+        kernels' own input and output dtype, so no conversion surrounds each matmul. int8 needs
+        `calibration`, token ids (the declarations prefix) run through each layer in `dtype` as it is built:
+        their largest activation per channel sets SmoothQuant scales, folded exactly into the preceding norm,
+        up or value projection, before the layer's weights are quantised. Use `from_module` or `from_checkpoint`.
         """
         if quantize not in (None, *QUANTIZATIONS):
             raise ValueError(f"unknown quantization {quantize!r}; use {' or '.join(QUANTIZATIONS)} or none")
