@@ -83,7 +83,7 @@ def bench_reference_generate(rows: Sequence[Row], n: int, adapter: str | None = 
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=30,
                                  do_sample=False)
-        gen = prompt.CALL + tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
+        gen = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
         label = prompt.parse_call(gen, registry)
         times.append((time.perf_counter() - t) * 1000)
         correct += int(label == row.label)

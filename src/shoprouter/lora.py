@@ -26,7 +26,7 @@ META_FILE = "router.json"  # registry, prompt format, calibration: written next 
 # 8 rather than 16: fewer padding tokens per message (in an ad-hoc interleaved A/B, single-message p50 -7 %,
 # batches unchanged), for ~10-30 MB more kernels and buffers after 400 messages (scripts/memory_profile.py).
 PAD_TO = 8
-PROMPT_VERSION = 2  # 2: function markers as single reserved tokens (prompt.marker_ids)
+PROMPT_VERSION = 3  # 2: function markers as single reserved tokens (prompt.marker_ids); 3: compact answer turns
 
 
 def shipped_adapter() -> Path:

@@ -1,31 +1,29 @@
 """The one place that knows the FunctionGemma-style text format, and sanitises user text.
 
-A routing conversation is rendered as
+A routing conversation is rendered as (prompt format 3)
 
     <bos><start_of_turn>developer
     You route shop support messages. Call one of these functions:<start_function_declaration>declaration:route_to_order_agent{description:<escape>…<escape>}<end_function_declaration>
     … one declaration per agent, then the two non-agent decisions …<end_of_turn>
     <start_of_turn>user
-    {earlier turn}<end_of_turn>
-    <start_of_turn>model
-    <start_function_call>call:route_to_order_agent{}<end_function_call><end_of_turn>
-    <start_of_turn>user
-    {message}<end_of_turn>
-    <start_of_turn>model
-    <start_function_call>call:route_to_order_agent{}<end_function_call>
+    {earlier turn}<end_of_turn><start_function_call>route_to_order_agent{}<end_function_call>{message}<end_of_turn><start_function_call>route_to_order_agent{}<end_function_call>
 
 The two non-agent decisions are declared as functions too, so that every decision is a function call:
 `clarify` -> `ask_clarifying_question{}` and `none` -> `decline_out_of_scope{}`. Their names start with
-tokens other than `route`, so one next-token distribution after `call:` separates the three kinds of
-decision, and a second one after `call:route_to_` separates the agents.
+tokens other than `route`, so one next-token distribution after `<start_function_call>` separates the
+three kinds of decision, and a second one after `route_to_` separates the agents.
 
-Everything up to and including the final user turn's opening is identical for every message (the
-*prefix*); a message contributes only the *suffix* (its turns and the model turn's opening).
+Everything up to and including the user turn's opening is identical for every message (the *prefix*); a
+message contributes only the *suffix* (its turns, each closed by `<end_of_turn>` and answered by a function
+call).
 
-Tokens (prompt format 2): FunctionGemma's tokenizer has each function marker as one token; base Gemma 3's
-splits them into 3-7 plain-text pieces, which made the declarations prefix 420 tokens and put 18 template
-tokens after every message. Where the tokenizer lacks a marker, it is encoded as one of Gemma 3's reserved
+Tokens. Format 2: FunctionGemma's tokenizer has each function marker as one token; base Gemma 3's splits
+them into 3-7 plain-text pieces, which made the declarations prefix 420 tokens and put 18 template tokens
+after every message. Where the tokenizer lacks a marker, it is encoded as one of Gemma 3's reserved
 `<unusedN>` tokens instead (`marker_ids`), so every marker costs one token and can never come from user text.
+Format 3: the model's answer follows the user's `<end_of_turn>` directly as a function call, without a
+`<start_of_turn>model` turn around it or the `call:` keyword: 2 template tokens after a message instead of 8
+(plus the 4 of `route_to_` that every message runs to read the agent), and 8 instead of 20 per earlier turn.
 """
 
 from __future__ import annotations
@@ -42,7 +40,6 @@ START_TURN, END_TURN = "<start_of_turn>", "<end_of_turn>"
 START_DECL, END_DECL = "<start_function_declaration>", "<end_function_declaration>"
 START_CALL, END_CALL = "<start_function_call>", "<end_function_call>"
 ESC = "<escape>"
-CALL = "call:"
 NON_AGENT_FUNCTIONS = {
     CLARIFY: ("ask_clarifying_question",
               "Too vague to route: ask what it is about."),
@@ -118,19 +115,19 @@ def prefix_text(registry: Registry) -> str:
 
 
 def answer_text(label: str, registry: Registry) -> str:
-    """The model's answer for a decision (after `call:` is already in the prompt)."""
+    """The model's answer for a decision (after `<start_function_call>` is already in the prompt)."""
     return f"{function_name(label, registry)}{{}}{END_CALL}"
 
 
 def suffix_text(text: str, history: Sequence[Turn] | None, registry: Registry) -> str:
-    """The per-message part: earlier turns (last HISTORY_WINDOW), the message, and the model's `call:` opening."""
+    """The per-message part: earlier turns (last HISTORY_WINDOW) with the calls made for them, the message,
+    and the opening of the model's call."""
     parts = []
     for turn in list(history or [])[-HISTORY_WINDOW:]:
-        parts.append(f"{sanitize(turn.text)}{END_TURN}\n{START_TURN}model\n")
+        parts.append(f"{sanitize(turn.text)}{END_TURN}")
         if turn.label in registry.labels:
-            parts.append(f"{START_CALL}{CALL}{answer_text(turn.label, registry)}")
-        parts.append(f"{END_TURN}\n{START_TURN}user\n")
-    parts.append(f"{sanitize(text)}{END_TURN}\n{START_TURN}model\n{START_CALL}{CALL}")
+            parts.append(f"{START_CALL}{answer_text(turn.label, registry)}")
+    parts.append(f"{sanitize(text)}{END_TURN}{START_CALL}")
     return "".join(parts)
 
 
@@ -138,6 +135,7 @@ _CALL_RE = re.compile(r"call:([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def parse_call(generated: str, registry: Registry) -> str | None:
-    """Parse a generated answer (`call:name{…}` or a bare `name{…}`) into a label; None if not declared."""
+    """Parse a generated answer (a bare `name{…}`, or FunctionGemma's `call:name{…}`) into a label; None if
+    not declared."""
     match = _CALL_RE.search(generated) or re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)", generated)
     return label_of_function(match.group(1), registry) if match else None
