@@ -42,8 +42,9 @@ def _suffix_batch(suffixes):
     return ids, rows, cols
 
 
+@pytest.mark.parametrize("packed", [False, True])  # True: per-token work on the real tokens only
 @pytest.mark.parametrize("window", [512, 6])  # 6: the sliding window cuts into the prefix and the suffix
-def test_lean_forward_equals_transformers_on_a_cached_prefix(window):
+def test_lean_forward_equals_transformers_on_a_cached_prefix(window, packed):
     model = _tiny_gemma(window)
     body = model.model
     prefix = [2, 17, 45, 99, 120, 7, 8, 9, 10, 11]
@@ -56,7 +57,8 @@ def test_lean_forward_equals_transformers_on_a_cached_prefix(window):
     lean = SuffixDecoder.from_module(body)
     cache = lean.encode_prefix(prefix)
     ids, rows, cols = _suffix_batch(suffixes)
-    got = lean.hidden_at(ids, cache, rows, cols)
+    lengths = torch.tensor([len(s) for s in suffixes]) if packed else None
+    got = lean.hidden_at(ids, cache, rows, cols, lengths)
     torch.testing.assert_close(got, torch.cat(ref), rtol=1e-4, atol=1e-4)
 
 

@@ -179,6 +179,28 @@ class _Geometry:
         return self.masks[layer.window], cos, sin
 
 
+class _Packing:
+    """Where the real tokens of right-padded suffixes [B, L] sit, so that everything computed per token (norms,
+    weight matmuls, MLP) runs on those N tokens alone, [N, hidden], and only attention sees the padded [B, L]
+    layout (padding keys come after every real query, so the causal mask already hides them)."""
+
+    def __init__(self, lengths: torch.Tensor, B: int, L: int):
+        self.B, self.L = B, L
+        real = torch.arange(L)[None, :] < lengths[:, None]
+        self.sel = real.reshape(-1).nonzero().squeeze(1)  # flat indices into B * L
+        self.index = torch.full((B * L,), -1, dtype=torch.long)
+        self.index[self.sel] = torch.arange(len(self.sel))
+
+    def pad(self, t: torch.Tensor) -> torch.Tensor:
+        """[N, D] -> [B, L, D], zeros at the padding."""
+        out = t.new_zeros(self.B * self.L, t.shape[-1])
+        return out.index_copy_(0, self.sel, t).view(self.B, self.L, -1)
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, L, D] -> [N, D]."""
+        return t.reshape(self.B * self.L, -1).index_select(0, self.sel)
+
+
 class SuffixDecoder:
     """Gemma 3 decoder weights arranged for batched suffix scoring on a cached prefix (inference only)."""
 
@@ -308,10 +330,16 @@ class SuffixDecoder:
             _, cache = self._run(x, None, want_cache=True)
         return cache
 
-    def hidden_at(self, ids: torch.Tensor, prefix: PrefixCache, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """Final hidden states at (rows, cols) of right-padded suffixes `ids` [B, L] run on `prefix`."""
+    def hidden_at(self, ids: torch.Tensor, prefix: PrefixCache, rows: torch.Tensor, cols: torch.Tensor,
+                  lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states at (rows, cols) of right-padded suffixes `ids` [B, L] run on `prefix`.
+
+        `lengths` [B]: the real tokens of each row; the rest is padding, which then costs only attention
+        (no norm, matmul or MLP runs on it). None: every row is L tokens long."""
         with torch.inference_mode():
-            h, _ = self._run(ids, prefix, want_cache=False, rows=rows, cols=cols)
+            B, L = ids.shape
+            packing = None if lengths is None or bool((lengths >= L).all()) else _Packing(lengths, B, L)
+            h, _ = self._run(ids, prefix, want_cache=False, only=rows * L + cols, packing=packing)
         return h
 
     # ------------------------------------------------------------------------------------------------
@@ -319,27 +347,36 @@ class SuffixDecoder:
         return F.embedding(ids, self.embed).to(self.act) * torch.tensor(self.embed_scale, dtype=self.dtype)
 
     def _run(self, ids: torch.Tensor, prefix: PrefixCache | None, want_cache: bool,
-             rows: torch.Tensor | None = None, cols: torch.Tensor | None = None):
+             only: torch.Tensor | None = None, packing: _Packing | None = None):
+        """The decoder over suffixes `ids` [B, L]; with `only` (flat indices into B * L) the final hidden states
+        of just those positions [n, hidden], else of all [B, L, hidden]."""
         B, L = ids.shape
         P = 0 if prefix is None else prefix[0][1].shape[1]  # values: [n_kv, P, hd]
-        x = self._embed(ids)
+        x = self._embed(ids if packing is None else ids.reshape(-1)[packing.sel])
+        if packing is not None and only is not None:
+            only = packing.index[only]
         geometry = _Geometry(P, L, self.act, self.n_heads // self.n_kv)
         cache: PrefixCache = []
         for li, layer in enumerate(self.layers):
-            last = li == len(self.layers) - 1 and rows is not None
+            last = li == len(self.layers) - 1
             x, kv = self._layer(layer, x, None if prefix is None else prefix[li], *geometry.of(layer),
-                                (rows, cols) if last else None)
+                                only if last else None, packing)
             if want_cache:  # batch of one (the prefix): keys stored transposed for the suffix matmul
                 cache.append((kv[0][0].transpose(-1, -2).contiguous(), kv[1][0].contiguous()))
         return _rms(x, self.final_norm, self.eps), cache
 
     def _layer(self, w: Layer, x: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor] | None,
-               mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, only=None):
-        B, L, _ = x.shape
+               mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, only: torch.Tensor | None = None,
+               packing: _Packing | None = None):
+        """One decoder layer on x [B, L, hidden], or on the real tokens [N, hidden] given `packing`; `only`:
+        flat token indices to keep after attention (the last layer: the rest is per token)."""
         nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
         g = nh // nkv
         h = _rms(x, w.input_norm, self.eps)
         qkv = w.qkv(h)
+        if packing is not None:
+            qkv = packing.pad(qkv)
+        B, L, _ = qkv.shape
         # queries and keys normed and rotated together (each head over its own head_dim), fewer small ops
         qk = qkv[..., : (nh + nkv) * hd].view(B, L, nh + nkv, hd)
         qk = (F.rms_norm(qk.float(), (hd,), None, self.eps) * w.qk_norm).to(qk.dtype)
@@ -363,16 +400,15 @@ class SuffixDecoder:
             pp = probs[..., :P].transpose(0, 1).reshape(nkv, B * g * L, P)
             out = out + (pp @ pv).view(nkv, B, g * L, hd).transpose(0, 1)
         out = out.view(B, nkv, g, L, hd).permute(0, 3, 1, 2, 4).reshape(B, L, nh * hd).to(self.act)
-        if only is not None:  # last layer: the rest is per position, so keep just the positions asked for
-            rows, cols = only
-            x, out = x[rows, cols].unsqueeze(0), out[rows, cols].unsqueeze(0)
+        if packing is not None:
+            out = packing.pack(out)
+        if only is not None:  # last layer: the rest is per token, so keep just the tokens asked for
+            x, out = x.reshape(-1, x.shape[-1])[only], out.reshape(-1, out.shape[-1])[only]
         x = x + _rms(w.o(out), w.post_attn_norm, self.eps)
         gu = w.gate_up(_rms(x, w.pre_ff_norm, self.eps))
         gate, up = gu[..., : self.intermediate], gu[..., self.intermediate:]
         ff = w.down(F.gelu(gate, approximate="tanh") * up)
         x = x + _rms(ff, w.post_ff_norm, self.eps)
-        if only is not None:
-            x = x[0]
         return x, (k, v)
 
 

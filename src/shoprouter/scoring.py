@@ -222,7 +222,8 @@ class Engine:
         rows = torch.tensor([i for i, p in enumerate(positions) for _ in p], device=self.device)
         cols = torch.tensor([c for p in positions for c in p], device=self.device)
         if self._runtime is not None:
-            return self._runtime.hidden_at(ids, prefix, rows, cols)
+            lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+            return self._runtime.hidden_at(ids, prefix, rows, cols, lengths)
         out = self._decoder()(input_ids=ids, use_cache=True,
                               **{_cache_kwarg(type(self._decoder())): self._cache_for(prefix, len(seqs))})
         return out.last_hidden_state[rows, cols]
