@@ -3,7 +3,7 @@
     python scripts/memory_profile.py [--messages 400] [--pad-to 16] [--quantize auto|int8|none] [--json]
 
 Reads /proc/self/status (Linux): VmRSS (resident now), VmHWM (peak so far), RssAnon (heap and other private
-memory), RssFile (mapped files: libraries, the memory-mapped embedding rows). Messages come from the
+memory), RssFile (mapped files: libraries). Messages come from the
 realistic dev set, routed one at a time as a service would.
 """
 

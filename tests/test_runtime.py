@@ -106,26 +106,31 @@ def test_lean_engine_batch_equals_one_by_one(tiny_base):
     torch.testing.assert_close(together.sum(-1), torch.ones(3))
 
 
-def test_mapped_embedding_equals_the_loaded_one(tiny_base):
-    from shoprouter.model import mapped_tensor
+def test_embedding_rows_read_from_disk_equal_the_loaded_ones(tiny_base):
+    from shoprouter.model import embedding_rows
 
-    mapped = mapped_tensor(tiny_base, "model.embed_tokens.weight")
-    loaded = load_base(str(tiny_base)).model.model.embed_tokens.weight
-    assert mapped is not None and mapped.shape == loaded.shape
-    torch.testing.assert_close(mapped[[0, 5, 2000, mapped.shape[0] - 1]], loaded[[0, 5, 2000, loaded.shape[0] - 1]])
-    assert mapped_tensor(tiny_base, "no.such.tensor") is None
-    assert mapped_tensor(tiny_base / "missing", "model.embed_tokens.weight") is None
+    loaded = load_base(str(tiny_base)).model.model.embed_tokens.weight.detach()
+    rows = embedding_rows(tiny_base, "model.embed_tokens.weight")
+    assert rows is not None and rows.shape == loaded.shape and rows.dtype == loaded.dtype
+    last = loaded.shape[0] - 1
+    torch.testing.assert_close(rows[[0, 5, 2000, last, 5]], loaded[[0, 5, 2000, last, 5]])
+    ids = torch.tensor([[3, 3, 7], [last, 0, 9]])  # any shape, repeats: as F.embedding
+    torch.testing.assert_close(rows[ids], torch.nn.functional.embedding(ids, loaded))
+    with pytest.raises(IndexError):
+        rows[[last + 1]]
+    assert embedding_rows(tiny_base, "no.such.tensor") is None
+    assert embedding_rows(tiny_base / "missing", "model.embed_tokens.weight") is None
 
 
 def test_bfloat16_copy_holds_the_cast_weights(tiny_base, tmp_path):
-    from shoprouter.model import copy_as_dtype, mapped_tensor
+    from shoprouter.model import copy_as_dtype, embedding_rows
 
     copy = copy_as_dtype(tiny_base, tmp_path / "bf16", "bfloat16")
     assert (copy / "COMPLETE").is_file()
-    mapped = mapped_tensor(copy, "model.embed_tokens.weight")
-    assert mapped.dtype == torch.bfloat16
+    rows = embedding_rows(copy, "model.embed_tokens.weight")
+    assert rows.dtype == torch.bfloat16
     loaded = load_base(str(tiny_base)).model.model.embed_tokens.weight
-    assert torch.equal(mapped[:50], loaded[:50].to(torch.bfloat16))
+    assert torch.equal(rows[list(range(50))], loaded[:50].to(torch.bfloat16))
 
 
 def test_dtype_choice_is_checked():

@@ -151,7 +151,7 @@ def lean_runtime(where: Path, lora: LoraWeights, dtype: str, quantize: str | Non
     def tensor(name: str) -> torch.Tensor:
         return lora.merged(name, ckpt.get(prefix + name).to(torch_dtype))
 
-    embedding = ckpt.mapped(prefix + "embed_tokens.weight")
+    embedding = ckpt.rows(prefix + "embed_tokens.weight")
     if embedding is None:
         embedding = ckpt.get(prefix + "embed_tokens.weight").to(torch_dtype)
     tied = getattr(cfg, "tie_word_embeddings", True) or "lm_head.weight" not in ckpt
@@ -204,12 +204,12 @@ def compact_for_inference(engine, quantize: str | None) -> None:
     engine.clear_cache()
 
 
-def _mapped_embedding(base: str | None, dtype: str):
-    """The base model's token embeddings memory-mapped from its local safetensors files (None if remote)."""
-    from .model import mapped_tensor, resolve_base
+def _embedding_rows(base: str | None, dtype: str):
+    """The base model's token embeddings read from its local safetensors files on lookup (None if remote)."""
+    from .model import embedding_rows, resolve_base
 
     where = resolve_base(base, dtype)
-    return mapped_tensor(where, "model.embed_tokens.weight") if isinstance(where, Path) else None
+    return embedding_rows(where, "model.embed_tokens.weight") if isinstance(where, Path) else None
 
 
 def length_buckets(lengths: Sequence[int], max_size: int, slack: float = 1.25) -> list[list[int]]:
@@ -269,7 +269,7 @@ class LoraRouter(Router):
             self.engine = Engine(model, tokenizer, registry)
             if self.forward == "lean":
                 compact_for_inference(self.engine, None)
-                self.engine.use_runtime(_mapped_embedding(base, self.dtype), quantize)
+                self.engine.use_runtime(_embedding_rows(base, self.dtype), quantize)
             else:  # int8 in the transformers forward: torch.ao dynamic quantisation of its linear layers
                 compact_for_inference(self.engine, quantize)
         self.engine.pad_multiple = pad_to

@@ -134,11 +134,50 @@ def resolve_dtype(dtype: str | None, device: str = "cpu") -> str:
     return dtype
 
 
-def mapped_tensor(directory: Path | str, name: str):
-    """A tensor of a local safetensors checkpoint, memory-mapped from disk (see `Checkpoint.mapped`); None when
-    the directory does not exist or has no safetensors file holding `name` as F32/F16/BF16."""
+def embedding_rows(directory: Path | str, name: str) -> FileRows | None:
+    """A 2-D tensor of a local safetensors checkpoint whose rows are read from disk when looked up (see
+    `FileRows`); None when the directory does not exist or has no safetensors file holding `name` as a
+    2-D F32/F16/BF16 tensor."""
     directory = Path(directory)
-    return Checkpoint(directory).mapped(name) if directory.is_dir() else None
+    return Checkpoint(directory).rows(name) if directory.is_dir() else None
+
+
+class FileRows:
+    """The rows of a 2-D tensor inside a file, read with positional reads when they are indexed (`rows[ids]`,
+    ids a tensor of any shape or a list; the result has the ids' shape plus the row width).
+
+    For a 262,144-row token-embedding table: only the rows looked up are ever in the process's memory, and
+    only while they are used. A memory map of the table would keep every page it touched resident (about
+    40 MB after 400 routed messages, growing with every new token seen); the operating system's page cache
+    still keeps the file's hot pages, outside the process."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, int], dtype):
+        import torch
+
+        self.path, self.offset = path, offset
+        self.shape = torch.Size(shape)
+        self.dtype = dtype
+        self._row_bytes = shape[1] * torch.empty(0, dtype=dtype).element_size()
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def __getitem__(self, ids):
+        import torch
+
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        unique, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+        if len(unique) and (unique[0] < 0 or unique[-1] >= self.shape[0]):
+            raise IndexError(f"row id out of range 0..{self.shape[0] - 1} in {self.path}")
+        out = torch.empty(len(unique), self.shape[1], dtype=self.dtype)
+        raw = out.view(torch.uint8).numpy()
+        for j, row in enumerate(unique.tolist()):
+            if os.preadv(self._fd, [raw[j]], self.offset + row * self._row_bytes) != self._row_bytes:
+                raise ShopRouterError(f"{self.path} is truncated (row {row})")
+        return out[inverse].view(*ids.shape, self.shape[1])
+
+    def __del__(self):
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.close(fd)
 
 
 class Checkpoint:
@@ -179,23 +218,21 @@ class Checkpoint:
                 raise ShopRouterError(f"{path} is truncated (tensor {name!r})")
         return out
 
-    def mapped(self, name: str):
-        """One tensor memory-mapped from disk instead of read into memory: only the pages that are touched
-        become resident (for an embedding table: the rows of the tokens actually looked up). None when there
-        is no such tensor or it is not F32/F16/BF16."""
-        import numpy as np
+    def rows(self, name: str) -> FileRows | None:
+        """A 2-D tensor whose rows are read from disk when looked up (`FileRows`) instead of read into memory.
+        None when there is no such tensor or it is not a 2-D F32/F16/BF16 tensor."""
         import torch
 
-        if name not in self._where or self._where[name][1]["dtype"] not in self._DTYPES:
+        if name not in self._where:
             return None
         path, info, base = self._where[name]
+        if info["dtype"] not in self._DTYPES or len(info["shape"]) != 2:
+            return None
         start, end = info["data_offsets"]
-        bf16 = info["dtype"] == "BF16"  # numpy has no bfloat16: map the bits as uint16 and view them
-        arr = np.memmap(path, dtype=np.uint16 if bf16 else getattr(np, self._DTYPES[info["dtype"]]), mode="c",
-                        offset=base + start, shape=tuple(info["shape"]))
-        assert arr.nbytes == end - start
-        tensor = torch.from_numpy(arr)
-        return tensor.view(torch.bfloat16) if bf16 else tensor
+        rows = FileRows(path, base + start, tuple(info["shape"]), getattr(torch, self._DTYPES[info["dtype"]]))
+        if rows.shape[0] * rows._row_bytes != end - start:
+            raise ShopRouterError(f"{path}: tensor {name!r} does not fill its byte range")
+        return rows
 
 
 def release_freed_memory() -> None:

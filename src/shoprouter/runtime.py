@@ -210,8 +210,8 @@ class SuffixDecoder:
 
         `cfg`: its `Gemma3TextConfig`; `tensor(name)`: a weight by its name inside the decoder
         (`layers.0.self_attn.q_proj.weight`, `norm.weight`, ...); `embedding`: the token-embedding table,
-        which may live elsewhere (a memory-mapped file, so the 262,144-row table is not kept in memory) —
-        rows are cast to the hidden states' dtype on lookup. `quantize="int8"`: the weight matmuls in int8
+        which may live elsewhere (`model.FileRows`: rows read from disk on lookup, so the 262,144-row table is
+        not kept in memory) — anything indexed as `embedding[ids]`; rows are cast to the hidden states' dtype on lookup. `quantize="int8"`: the weight matmuls in int8
         (`Int8Linear`); attention stays in `dtype`; the hidden states between matmuls are float32, the int8
         kernels' own input and output dtype, so no conversion surrounds each matmul. int8 needs
         `calibration`, token ids (the declarations prefix) run through each layer in `dtype` as it is built:
@@ -344,7 +344,7 @@ class SuffixDecoder:
 
     # ------------------------------------------------------------------------------------------------
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.embed).to(self.act) * torch.tensor(self.embed_scale, dtype=self.dtype)
+        return self.embed[ids].to(self.act) * torch.tensor(self.embed_scale, dtype=self.dtype)
 
     def _run(self, ids: torch.Tensor, prefix: PrefixCache | None, want_cache: bool,
              only: torch.Tensor | None = None, packing: _Packing | None = None):

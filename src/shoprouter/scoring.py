@@ -128,7 +128,7 @@ class Engine:
         """Route with the lean inference forward (runtime.py) from now on; the HF model is then dropped.
 
         Inference only: call it on a merged model. Keeps only the candidate rows of the output head.
-        `embedding`: an equal token-embedding table held elsewhere (memory-mapped), checked on the prefix rows.
+        `embedding`: an equal token-embedding table held elsewhere (`model.FileRows`), checked on the prefix rows.
         `quantize="int8"`: int8 weight matmuls (runtime.Int8Linear), calibrated on the declarations prefix.
         """
         from .runtime import SuffixDecoder
