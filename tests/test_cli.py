@@ -204,7 +204,7 @@ def test_error_bad_options(tmp_path, labelled_file):
 
 def test_bench_json_with_router_options(labelled_file):
     proc = run("bench", "--data", labelled_file, "--routers", "keyword,rules:clarify_threshold=0.5",
-               "--n-single", "5", "--n-batch", "8", "--batch-size", "4", "--reference-n", "0", "--json")
+               "--n-single", "5", "--n-batch", "8", "--batch-size", "4", "--passes", "2", "--reference-n", "0", "--json")
     assert proc.returncode == 0, proc.stderr.decode()
     out = json.loads(proc.stdout)
     assert [r["router"] for r in out["results"]] == ["keyword", "rules:clarify_threshold=0.5"]
@@ -212,6 +212,7 @@ def test_bench_json_with_router_options(labelled_file):
         assert "error" not in r, r
         assert r["single_ms"]["n"] == 5 and r["single_ms"]["p50"] <= r["single_ms"]["p95"]
         assert r["throughput_msgs_per_s"] > 0 and r["peak_rss_mb_process"] > 0
+        assert len(r["throughput_passes"]) == 2 and min(r["throughput_passes"]) <= r["throughput_msgs_per_s"]
 
 
 def test_bench_unknown_router_is_a_one_line_error(labelled_file):

@@ -19,6 +19,7 @@ def bench(
     n_single: int = typer.Option(200, "--n-single", help="Messages routed one at a time."),
     n_batch: int = typer.Option(512, "--n-batch", help="Messages routed in batches."),
     batch_size: int = typer.Option(32, "--batch-size"),
+    passes: int = typer.Option(3, "--passes", min=1, help="Passes over the batched messages; throughput is their median."),
     reference: int = typer.Option(30, "--reference-n", help="Messages for the reference generate+regex way (0: skip)."),
     adapter: Path | None = typer.Option(None, "--adapter", help="LoRA adapter directory (default: the shipped one)."),
     json_out: bool = typer.Option(False, "--json"),
@@ -48,7 +49,7 @@ def bench(
     results = []
     for spec, name, kw in parsed:
         res = run_isolated("router", str(path), name=name, n_single=n_single, n_batch=n_batch,
-                           batch_size=batch_size, router_kwargs=kw or None)
+                           batch_size=batch_size, router_kwargs=kw or None, passes=passes)
         res["router"] = spec
         results.append(res)
     if reference:
