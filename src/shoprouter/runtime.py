@@ -223,6 +223,7 @@ class SuffixDecoder:
         if quantize and not calibration:
             raise ValueError("int8 needs calibration token ids (the declarations prefix)")
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.groups = self.n_heads // self.n_kv  # query heads per key/value head
         self.head_dim, self.eps = cfg.head_dim, cfg.rms_norm_eps
         self.scaling = cfg.query_pre_attn_scalar ** -0.5
         self.dtype = self.act = dtype  # attention / hidden states between matmuls (float32 with int8, below)
@@ -237,7 +238,7 @@ class SuffixDecoder:
 
         if quantize:
             x = self._embed(torch.tensor([calibration], dtype=torch.long))
-            geometry = _Geometry(0, x.shape[1], dtype, self.n_heads // self.n_kv)
+            geometry = _Geometry(0, x.shape[1], dtype, self.groups)
         self.layers: list[Layer] = []
         for i in range(cfg.num_hidden_layers):
             a, m = f"layers.{i}.self_attn.", f"layers.{i}.mlp."
@@ -298,7 +299,7 @@ class SuffixDecoder:
         wt["down"] = wt["down"] * s
         # o reads attention-weighted values: fold 1/s into the value rows, one scale per value channel,
         # shared by the query heads that read that key/value head
-        g, hd = self.n_heads // self.n_kv, self.head_dim
+        g, hd = self.groups, self.head_dim
         s = _smooth_scale(peaks["o"].view(self.n_kv, g, hd).amax(dim=1),
                           _column_peak(wt["o"]).view(self.n_kv, g, hd).amax(dim=1))  # [n_kv, hd]
         wt["qkv"][(self.n_heads + self.n_kv) * hd:] /= s.reshape(-1)[:, None]
@@ -355,7 +356,7 @@ class SuffixDecoder:
         x = self._embed(ids if packing is None else ids.reshape(-1)[packing.sel])
         if packing is not None and only is not None:
             only = packing.index[only]
-        geometry = _Geometry(P, L, self.act, self.n_heads // self.n_kv)
+        geometry = _Geometry(P, L, self.act, self.groups)
         cache: PrefixCache = []
         for li, layer in enumerate(self.layers):
             last = li == len(self.layers) - 1
@@ -370,8 +371,7 @@ class SuffixDecoder:
                packing: _Packing | None = None):
         """One decoder layer on x [B, L, hidden], or on the real tokens [N, hidden] given `packing`; `only`:
         flat token indices to keep after attention (the last layer: the rest is per token)."""
-        nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
-        g = nh // nkv
+        nh, nkv, hd, g = self.n_heads, self.n_kv, self.head_dim, self.groups
         h = _rms(x, w.input_norm, self.eps)
         qkv = w.qkv(h)
         if packing is not None:
