@@ -2,8 +2,8 @@
 
 Tokenises the shared prefix and per-message suffixes, encodes the prefix once into a key/value cache,
 runs a batch of suffixes on top of that cache, and reads the model's next-token distribution at the
-*decision points*: the positions inside the function names where the declared candidates diverge
-(for the default registry: right after `call:` — route / ask / decline — and right after `call:route_to_`
+*decision points*: the positions inside the function names where the declared candidates diverge (for the
+default registry: right after `<start_function_call>` — route / ask / decline — and right after `route_to_`
 — which agent). Only the output-head rows that are needed are ever multiplied.
 """
 
