@@ -4,8 +4,9 @@ The Hugging Face implementation is used for training (PEFT needs it) and is the 
 tested against. Routing runs the same arithmetic with less around it: q/k/v and gate/up fused into one
 matmul each (4 matmuls a layer instead of 7), grouped-query attention without copying the key/value heads,
 the shared prefix attended with one matmul for the whole batch instead of a per-row copy of its cache,
-no mask objects, final hidden states computed only at the positions asked for, and (on CPUs with oneDNN)
-weights reordered once into oneDNN's blocked layout, which a plain matmul otherwise redoes on every call.
+per-token work (norms, weight matmuls, MLP) on the real tokens only, not on padding, no mask objects,
+final hidden states computed only at the positions asked for, and (on CPUs with oneDNN) weights reordered
+once into oneDNN's blocked layout, which a plain matmul otherwise redoes on every call.
 """
 
 from __future__ import annotations
@@ -210,13 +211,14 @@ class SuffixDecoder:
 
         `cfg`: its `Gemma3TextConfig`; `tensor(name)`: a weight by its name inside the decoder
         (`layers.0.self_attn.q_proj.weight`, `norm.weight`, ...); `embedding`: the token-embedding table,
-        which may live elsewhere (`model.FileRows`: rows read from disk on lookup, so the 262,144-row table is
-        not kept in memory) — anything indexed as `embedding[ids]`; rows are cast to the hidden states' dtype on lookup. `quantize="int8"`: the weight matmuls in int8
-        (`Int8Linear`); attention stays in `dtype`; the hidden states between matmuls are float32, the int8
-        kernels' own input and output dtype, so no conversion surrounds each matmul. int8 needs
-        `calibration`, token ids (the declarations prefix) run through each layer in `dtype` as it is built:
-        their largest activation per channel sets SmoothQuant scales, folded exactly into the preceding norm,
-        up or value projection, before the layer's weights are quantised. Use `from_module` or `from_checkpoint`.
+        anything indexed as `embedding[ids]` (e.g. `model.FileRows`, rows read from disk on lookup, so the
+        262,144-row table is not kept in memory); rows are cast to the hidden states' dtype on lookup.
+        `quantize="int8"`: the weight matmuls in int8 (`Int8Linear`); attention stays in `dtype`; the hidden
+        states between matmuls are float32, the int8 kernels' own input and output dtype, so no conversion
+        surrounds each matmul. int8 needs `calibration`, token ids (the declarations prefix) run through each
+        layer in `dtype` as it is built: their largest activation per channel sets SmoothQuant scales, folded
+        exactly into the preceding norm, up or value projection, before the layer's weights are quantised.
+        Use `from_module` or `from_checkpoint`.
         """
         if quantize not in (None, *QUANTIZATIONS):
             raise ValueError(f"unknown quantization {quantize!r}; use {' or '.join(QUANTIZATIONS)} or none")
