@@ -25,6 +25,7 @@ META_FILE = "router.json"  # registry, prompt format, calibration: written next 
 # first few hundred message lengths (`shoprouter bench --routers lora,lora:pad_to=1` measures both ways).
 # 8 rather than 16: fewer padding tokens per message (in an ad-hoc interleaved A/B, single-message p50 -7 %,
 # batches unchanged), for ~10-30 MB more kernels and buffers after 400 messages (scripts/memory_profile.py).
+# Measured before the runtime packed the real tokens; since then padding costs attention only.
 PAD_TO = 8
 PROMPT_VERSION = 3  # 2: function markers as single reserved tokens (prompt.marker_ids); 3: compact answer turns
 
