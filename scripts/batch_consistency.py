@@ -4,9 +4,9 @@
 
 Routes the first `--rows` messages of the realistic dev set in `route_batch` calls of 32 and then one at a
 time, and reports the largest and median difference of any label's probability between the two, how many
-decisions differ, and how many of each are right. bf16 gives the same numbers either way; int8 quantises
-each call's input with one range (fbgemm's dynamic quantisation), so a message's scores depend a little on
-the other messages of its call.
+decisions differ, and how many of each are right. fbgemm's dynamic quantisation takes one input range per
+call; int8 routing pins that range (`runtime.Int8Linear`) so that it gives the same numbers either way, as
+bf16 does. Before it did, 2 of these 160 decisions differed.
 """
 
 from __future__ import annotations
