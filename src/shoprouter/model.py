@@ -151,13 +151,16 @@ class FileRows:
     40 MB after 400 routed messages, growing with every new token seen); the operating system's page cache
     still keeps the file's hot pages, outside the process."""
 
-    def __init__(self, path: Path, offset: int, shape: tuple[int, int], dtype):
+    def __init__(self, path: Path, offset: int, shape: tuple[int, int], dtype, nbytes: int):
+        """`nbytes`: the tensor's byte range in the file, checked against its shape and dtype."""
         import torch
 
         self.path, self.offset = path, offset
         self.shape = torch.Size(shape)
         self.dtype = dtype
-        self._row_bytes = shape[1] * torch.empty(0, dtype=dtype).element_size()
+        self._row_bytes = shape[1] * dtype.itemsize
+        if shape[0] * self._row_bytes != nbytes:
+            raise ShopRouterError(f"{path}: a {tuple(shape)} {dtype} tensor does not fill its {nbytes} bytes")
         self._fd = os.open(path, os.O_RDONLY)
 
     def __getitem__(self, ids):
@@ -229,10 +232,8 @@ class Checkpoint:
         if info["dtype"] not in self._DTYPES or len(info["shape"]) != 2:
             return None
         start, end = info["data_offsets"]
-        rows = FileRows(path, base + start, tuple(info["shape"]), getattr(torch, self._DTYPES[info["dtype"]]))
-        if rows.shape[0] * rows._row_bytes != end - start:
-            raise ShopRouterError(f"{path}: tensor {name!r} does not fill its byte range")
-        return rows
+        return FileRows(path, base + start, tuple(info["shape"]), getattr(torch, self._DTYPES[info["dtype"]]),
+                        end - start)
 
 
 def release_freed_memory() -> None:
