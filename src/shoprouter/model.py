@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import struct
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -304,10 +306,262 @@ class FastTokenizer:
         return self.unk_token_id if found is None else found
 
 
+SP_FORMAT = 1  # bump when the conversion below changes: old cache files are then rebuilt
+
+
+def _sp_varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # negative int32 fields are written as 10-byte two's complement varints
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _sp_len(field: int, payload: bytes) -> bytes:
+    return _sp_varint(field << 3 | 2) + _sp_varint(len(payload)) + payload
+
+
+def _sp_int(field: int, value: int) -> bytes:
+    return _sp_varint(field << 3) + _sp_varint(value)
+
+
+def sentencepiece_model_from_tokenizer_json(spec: dict) -> tuple[bytes, list[tuple[str, int, bool]]]:
+    """A serialised SentencePiece BPE ModelProto giving the same ids as a `tokenizer.json` of the Gemma kind.
+
+    Supported: a BPE model with byte fallback, no pre-tokenisation beyond what the normaliser makes harmless and
+    at most a ' ' -> '▁' normaliser; anything else raises ValueError (the caller falls back to `tokenizers`).
+    Every merge result gets the score -(rank of its first merge), so SentencePiece's "best-scored adjacent pair,
+    leftmost on ties" follows the merge list; pieces no merge builds, added tokens and byte pieces are not
+    NORMAL, so SentencePiece never builds them from text either (added tokens are matched before, in Python).
+    Returns the model bytes and the added tokens as (content, id, special)."""
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or not model.get("byte_fallback") or model.get("dropout") \
+            or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        raise ValueError("not a byte-fallback BPE model")
+    normalizer = spec.get("normalizer")
+    space = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+    if normalizer not in (None, space):
+        raise ValueError(f"unsupported normalizer {normalizer!r}")
+    pre = spec.get("pre_tokenizer")
+    harmless = {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": False}
+    if pre is not None and not (normalizer == space and pre == harmless):  # no ' ' is left to split on
+        raise ValueError(f"unsupported pre_tokenizer {pre!r}")
+    added = [(a["content"], a["id"], bool(a["special"])) for a in spec.get("added_tokens", [])]
+    if any(a.get("normalized") or a.get("lstrip") or a.get("rstrip") or a.get("single_word")
+           for a in spec.get("added_tokens", [])):
+        raise ValueError("added tokens with normalisation or stripping are not supported")
+    vocab: dict[str, int] = model["vocab"]
+    pieces = [""] * len(vocab)
+    for piece, i in vocab.items():
+        pieces[i] = piece
+    if not all(pieces):
+        raise ValueError("vocabulary ids are not contiguous")
+    score: dict[str, int] = {}
+    last: dict[str, int] = {}
+    pairs: set[tuple[str, str]] = set()
+    for rank, pair in enumerate(model["merges"]):
+        left, right = pair.split(" ", 1) if isinstance(pair, str) else pair
+        merged = left + right
+        if left not in vocab or right not in vocab or merged not in vocab:
+            raise ValueError(f"merge {pair!r} outside the vocabulary")
+        score.setdefault(merged, rank)
+        last[merged] = rank
+        pairs.add((left, right))
+    # One score per piece can stand for the merge list only if (1) the merges building a piece are not
+    # interleaved with those building another, and (2) every split of a built piece into two parts SentencePiece
+    # could hold at once (single characters or built pieces) is itself a merge: SentencePiece merges any adjacent
+    # pair whose concatenation is a piece, `tokenizers` only listed pairs. Gemma 3's list meets both.
+    ordered = sorted(score, key=score.__getitem__)
+    if any(last[a] > score[b] for a, b in zip(ordered, ordered[1:], strict=False)):
+        raise ValueError("merges of different pieces are interleaved")
+    added_contents = {content for content, _, _ in added}
+    built = score.keys() - added_contents
+    for piece in built:
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if (len(left) == 1 or left in built) and (len(right) == 1 or right in built) \
+                    and (left, right) not in pairs:
+                raise ValueError(f"{piece!r} splits into ({left!r}, {right!r}), which is not a merge")
+    del last, pairs, ordered
+    added_ids = {i for _, i, _ in added}
+    unk = vocab.get(model.get("unk_token") or "<unk>")
+    byte_pieces = {f"<0x{b:02X}>" for b in range(256)}
+    if unk is None or not byte_pieces <= vocab.keys():
+        raise ValueError("no unknown piece or incomplete byte pieces")
+    NORMAL, UNKNOWN, CONTROL, BYTE = 1, 2, 3, 6
+    out = bytearray()
+    for i, piece in enumerate(pieces):
+        if i == unk:
+            kind, value = UNKNOWN, 0.0
+        elif piece in byte_pieces:
+            kind, value = BYTE, 0.0
+        elif i in added_ids or (len(piece) > 1 and piece not in score):
+            kind, value = CONTROL, 0.0
+        else:
+            kind, value = NORMAL, -float(score.get(piece, 0))
+        out += _sp_len(1, _sp_len(1, piece.encode("utf-8")) + _sp_varint(2 << 3 | 5) + struct.pack("<f", value)
+                       + _sp_int(3, kind))
+    special = {name: vocab.get(name) for name in ("<bos>", "<eos>", "<pad>")}
+    trainer = (_sp_int(3, 2) + _sp_int(4, len(pieces)) + _sp_int(35, 1) + _sp_int(40, unk)  # BPE, byte fallback
+               + _sp_int(41, -1 if special["<bos>"] is None else special["<bos>"])
+               + _sp_int(42, -1 if special["<eos>"] is None else special["<eos>"])
+               + _sp_int(43, -1 if special["<pad>"] is None else special["<pad>"]))
+    norm = (_sp_len(1, b"identity") + _sp_int(3, 0) + _sp_int(4, 0)  # no dummy prefix, keep every space
+            + _sp_int(5, 1 if normalizer == space else 0))
+    out += _sp_len(2, trainer) + _sp_len(3, norm)
+    return bytes(out), added
+
+
+class _AddedTokens:
+    """Leftmost-longest matching of added-token strings in raw text, as the `tokenizers` library does it."""
+
+    def __init__(self, tokens: dict[str, int]):
+        self.ids = tokens
+        lengths: dict[str, set[int]] = {}
+        for content in tokens:
+            lengths.setdefault(content[0], set()).add(len(content))
+        self.lengths = {c: sorted(ls, reverse=True) for c, ls in lengths.items()}
+        self.starts = re.compile("[" + "".join(re.escape(c) for c in sorted(lengths)) + "]") if lengths else None
+
+    def split(self, text: str) -> list[str | int]:
+        """`text` as plain-text pieces (str) and added-token ids (int), in order."""
+        if self.starts is None:
+            return [text] if text else []
+        out: list[str | int] = []
+        done = pos = 0
+        while (m := self.starts.search(text, pos)) is not None:
+            at = m.start()
+            for n in self.lengths[text[at]]:
+                found = self.ids.get(text[at:at + n])
+                if found is not None:
+                    if at > done:
+                        out.append(text[done:at])
+                    out.append(found)
+                    done = pos = at + n
+                    break
+            else:
+                pos = at + 1
+        if done < len(text):
+            out.append(text[done:])
+        return out
+
+
+class SentencePieceTokenizer:
+    """`FastTokenizer`'s ids from a SentencePiece model converted once from `tokenizer.json`.
+
+    The `tokenizers` library keeps Gemma 3's 262k-token vocabulary and 515k merges as Rust maps (about 100 MB
+    resident, 260 MB more while parsing the JSON); SentencePiece's BPE needs only the pieces and one score each.
+    The conversion (`sentencepiece_model_from_tokenizer_json`) is written next to `tokenizer.json` under a
+    name holding the hash of that file, so a changed tokenizer is converted again. Added tokens are matched in
+    Python before SentencePiece sees the text, leftmost-longest like `tokenizers`; special ones only when
+    `split_special_tokens` is False. Holds no mutable state, so concurrent `encode` calls need no lock.
+    """
+
+    def __init__(self, directory: Path):
+        import json
+
+        import sentencepiece
+
+        self._sp = sentencepiece.SentencePieceProcessor()
+        model, added = _sentencepiece_files(directory)
+        if isinstance(model, Path):
+            self._sp.Load(str(model))
+        else:
+            self._sp.LoadFromSerializedProto(model)
+        del model
+        self._all = _AddedTokens({content: i for content, i, _ in added})
+        self._plain = _AddedTokens({content: i for content, i, special in added if not special})
+        cfg_path = directory / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+        self._added_ids = {content: i for content, i, _ in added}
+
+        def special(key: str, default: str) -> int | None:
+            value = cfg.get(key, default)
+            value = value.get("content") if isinstance(value, dict) else value
+            return self._token_id(value) if isinstance(value, str) else None
+
+        self.bos_token_id = special("bos_token", "<bos>")
+        self.pad_token_id = special("pad_token", "<pad>")
+        self.unk_token_id = special("unk_token", "<unk>")
+
+    def _token_id(self, token: str) -> int | None:
+        found = self._added_ids.get(token)
+        if found is not None:
+            return found
+        found = self._sp.piece_to_id(token)
+        return found if self._sp.id_to_piece(found) == token else None
+
+    def encode(self, text: str, add_special_tokens: bool = True, split_special_tokens: bool = False) -> list[int]:
+        """Token ids; `split_special_tokens` tokenises special-token strings in the text as plain text."""
+        ids = [self.bos_token_id] if add_special_tokens and self.bos_token_id is not None else []
+        for part in (self._plain if split_special_tokens else self._all).split(text):
+            if isinstance(part, int):
+                ids.append(part)
+            else:
+                ids.extend(self._sp.encode(part))
+        return ids
+
+    def convert_tokens_to_ids(self, token: str) -> int | None:
+        found = self._token_id(token)
+        return self.unk_token_id if found is None else found
+
+
+def _sentencepiece_files(directory: Path) -> tuple[Path | bytes, list[tuple[str, int, bool]]]:
+    """The converted model (its cache file, else its bytes) and added tokens for `directory`; converts once."""
+    import hashlib
+    import json
+
+    source = directory / "tokenizer.json"
+    digest = hashlib.sha256()
+    with source.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    target = directory / f"tokenizer.sp{SP_FORMAT}-{digest.hexdigest()[:16]}.model"
+    sidecar = target.with_suffix(".added.json")
+    if target.is_file() and sidecar.is_file():
+        return target, [tuple(a) for a in json.loads(sidecar.read_text(encoding="utf-8"))]
+    try:
+        model, added = sentencepiece_model_from_tokenizer_json(json.loads(source.read_text(encoding="utf-8")))
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:  # a malformed file: as unsupported
+        raise ValueError(f"unexpected tokenizer.json layout: {exc!r}") from None
+    release_freed_memory()
+    for path, data in ((sidecar, json.dumps(added).encode("utf-8")), (target, model)):
+        try:  # a read-only model directory still works, converting on every load
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=path.suffix)
+        except OSError:
+            break
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)
+            break
+    return model, added
+
+
 def load_fast_tokenizer(where: Path):
-    """`FastTokenizer` for a local model directory with a `tokenizer.json`, else the transformers one."""
+    """`SentencePieceTokenizer` (else `FastTokenizer`) for a local model directory with a `tokenizer.json`.
+
+    Without a `tokenizer.json`, the transformers tokenizer."""
     if not (where / "tokenizer.json").is_file():
         return load_tokenizer(where)
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        try:
+            tok = SentencePieceTokenizer(where)
+        except (ValueError, RuntimeError, OSError):  # a tokenizer.json the conversion does not cover, or a
+            # damaged cache file: the tokenizers library reads tokenizer.json itself
+            pass
+        else:
+            release_freed_memory()
+            return tok
     try:
         tok = FastTokenizer(where)
     except Exception as exc:  # the tokenizers library raises its own exception type for a broken file
