@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import struct
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -309,24 +308,6 @@ class FastTokenizer:
 SP_FORMAT = 1  # bump when the conversion below changes: old cache files are then rebuilt
 
 
-def _sp_varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # negative int32 fields are written as 10-byte two's complement varints
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        out.append(low | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _sp_len(field: int, payload: bytes) -> bytes:
-    return _sp_varint(field << 3 | 2) + _sp_varint(len(payload)) + payload
-
-
-def _sp_int(field: int, value: int) -> bytes:
-    return _sp_varint(field << 3) + _sp_varint(value)
-
-
 def sentencepiece_model_from_tokenizer_json(spec: dict) -> tuple[bytes, list[tuple[str, int, bool]]]:
     """A serialised SentencePiece BPE ModelProto giving the same ids as a `tokenizer.json` of the Gemma kind.
 
@@ -390,28 +371,25 @@ def sentencepiece_model_from_tokenizer_json(spec: dict) -> tuple[bytes, list[tup
     byte_pieces = {f"<0x{b:02X}>" for b in range(256)}
     if unk is None or not byte_pieces <= vocab.keys():
         raise ValueError("no unknown piece or incomplete byte pieces")
-    NORMAL, UNKNOWN, CONTROL, BYTE = 1, 2, 3, 6
-    out = bytearray()
+    from sentencepiece import sentencepiece_model_pb2 as spm  # needs protobuf; only converting does
+
+    proto = spm.ModelProto()
+    kinds = spm.ModelProto.SentencePiece
     for i, piece in enumerate(pieces):
+        entry = proto.pieces.add(piece=piece, score=0.0, type=kinds.CONTROL)
         if i == unk:
-            kind, value = UNKNOWN, 0.0
+            entry.type = kinds.UNKNOWN
         elif piece in byte_pieces:
-            kind, value = BYTE, 0.0
-        elif i in added_ids or (len(piece) > 1 and piece not in score):
-            kind, value = CONTROL, 0.0
-        else:
-            kind, value = NORMAL, -float(score.get(piece, 0))
-        out += _sp_len(1, _sp_len(1, piece.encode("utf-8")) + _sp_varint(2 << 3 | 5) + struct.pack("<f", value)
-                       + _sp_int(3, kind))
-    special = {name: vocab.get(name) for name in ("<bos>", "<eos>", "<pad>")}
-    trainer = (_sp_int(3, 2) + _sp_int(4, len(pieces)) + _sp_int(35, 1) + _sp_int(40, unk)  # BPE, byte fallback
-               + _sp_int(41, -1 if special["<bos>"] is None else special["<bos>"])
-               + _sp_int(42, -1 if special["<eos>"] is None else special["<eos>"])
-               + _sp_int(43, -1 if special["<pad>"] is None else special["<pad>"]))
-    norm = (_sp_len(1, b"identity") + _sp_int(3, 0) + _sp_int(4, 0)  # no dummy prefix, keep every space
-            + _sp_int(5, 1 if normalizer == space else 0))
-    out += _sp_len(2, trainer) + _sp_len(3, norm)
-    return bytes(out), added
+            entry.type = kinds.BYTE
+        elif not (i in added_ids or (len(piece) > 1 and piece not in score)):
+            entry.type, entry.score = kinds.NORMAL, -float(score.get(piece, 0))
+    proto.trainer_spec.CopyFrom(spm.TrainerSpec(
+        model_type=spm.TrainerSpec.BPE, vocab_size=len(pieces), byte_fallback=True, unk_id=unk,
+        **{f"{name}_id": -1 if vocab.get(f"<{name}>") is None else vocab[f"<{name}>"] for name in ("bos", "eos", "pad")}))
+    proto.normalizer_spec.CopyFrom(spm.NormalizerSpec(  # no dummy prefix, keep every space
+        name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
+        escape_whitespaces=normalizer == space))
+    return proto.SerializeToString(), added
 
 
 class _AddedTokens:
@@ -550,18 +528,13 @@ def load_fast_tokenizer(where: Path):
     if not (where / "tokenizer.json").is_file():
         return load_tokenizer(where)
     try:
-        import sentencepiece  # noqa: F401
-    except ImportError:
+        tok = SentencePieceTokenizer(where)
+    except (ImportError, ValueError, RuntimeError, OSError):  # no sentencepiece/protobuf, a tokenizer.json the
+        # conversion does not cover, or a damaged cache file: the tokenizers library reads tokenizer.json itself
         pass
     else:
-        try:
-            tok = SentencePieceTokenizer(where)
-        except (ValueError, RuntimeError, OSError):  # a tokenizer.json the conversion does not cover, or a
-            # damaged cache file: the tokenizers library reads tokenizer.json itself
-            pass
-        else:
-            release_freed_memory()
-            return tok
+        release_freed_memory()
+        return tok
     try:
         tok = FastTokenizer(where)
     except Exception as exc:  # the tokenizers library raises its own exception type for a broken file
