@@ -64,9 +64,9 @@ def main() -> None:
     mark(f"layer weights ({quantize or dtype}{kernel}, LoRA merged, {'smoothed, calibrated' if quantize else 'prepacked'})")
     engine.set_runtime(*built)
     del built
-    release_freed_memory()
     engine.pad_multiple = PAD_TO if args.pad_to is None else args.pad_to
     engine.prefix_cache()
+    release_freed_memory()  # as LoraRouter does once it is built
     mark("prefix cache")
     rows = read_rows(Path(__file__).resolve().parents[1] / "data" / "realistic_dev.jsonl")
     for i in range(args.messages):

@@ -238,7 +238,7 @@ class LoraRouter(Router):
                  clarify_threshold: float = DEFAULT_CLARIFY_THRESHOLD, temperature: float | None = None,
                  batch_size: int = 32, threads: int | None = None, quantize: str | None = "auto",
                  dtype: str | None = "auto", forward: str = "lean", pad_to: int = PAD_TO):
-        from .model import resolve_dtype
+        from .model import release_freed_memory, resolve_dtype
         from .scoring import Engine
 
         adapter = Path(adapter) if adapter else shipped_adapter()
@@ -275,6 +275,7 @@ class LoraRouter(Router):
                 compact_for_inference(self.engine, quantize)
         self.engine.pad_multiple = pad_to
         self.engine.prefix_cache()  # encode the declarations once, now
+        release_freed_memory()  # what loading, calibrating and the prefix pass freed (~40 MB glibc kept)
 
     def _lean_engine(self, base: str | None, adapter: Path, registry: Registry, quantize: str | None = None):
         """An engine on the lean forward built straight from the checkpoint files (None when the base or the
