@@ -5,8 +5,7 @@
 Routes the first `--rows` messages of the realistic dev set in `route_batch` calls of 32 and then one at a
 time, and reports the largest and median difference of any label's probability between the two, how many
 decisions differ, and how many of each are right. fbgemm's dynamic quantisation takes one input range per
-call; int8 routing quantises every token at a fixed step of its own peak (`runtime.Int8Linear`; with
-fbgemm's kernel, `FbgemmInt8Linear`, by pinning that range) so that it gives the same numbers either way, as
+call; int8 routing pins that range (`runtime.Int8Linear`) so that it gives the same numbers either way, as
 bf16 does. Before it did, 2 of these 160 decisions differed.
 """
 

@@ -1,7 +1,6 @@
 """Where the lora router's memory goes: process RSS after each loading stage and after routing messages.
 
-    python scripts/memory_profile.py [--messages 400] [--pad-to 16] [--quantize auto|int8|none]
-        [--int8-kernel auto|fbgemm] [--json]
+    python scripts/memory_profile.py [--messages 400] [--pad-to 16] [--quantize auto|int8|none] [--json]
 
 Reads /proc/self/status (Linux): VmRSS (resident now), VmHWM (peak so far), RssAnon (heap and other private
 memory), RssFile (mapped files: libraries). Messages come from the
@@ -34,16 +33,12 @@ def main() -> None:
     ap.add_argument("--pad-to", type=int, default=None, help="the router's pad_to (default: the router's own)")
     ap.add_argument("--quantize", choices=["auto", "int8", "none"], default="auto",
                     help="the router's quantize option (default auto: int8 on x86; none: bf16/float)")
-    ap.add_argument("--int8-kernel", choices=["auto", "fbgemm"], default="auto",
-                    help="auto: oneDNN's int8 kernels where they run (runtime.Int8Linear), else fbgemm's; "
-                         "fbgemm: fbgemm's always (runtime.FbgemmInt8Linear)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     mark("python")
     import torch  # noqa: F401
 
     mark("import torch")
-    from shoprouter import runtime
     from shoprouter.agents import default_registry
     from shoprouter.lora import PAD_TO, lean_runtime, read_lora, resolve_quantize, shipped_adapter
     from shoprouter.model import load_fast_tokenizer, release_freed_memory, resolve_base, resolve_dtype
@@ -51,8 +46,6 @@ def main() -> None:
     from shoprouter.scoring import Engine
 
     mark("import shoprouter (+ transformers config)")
-    if args.int8_kernel == "fbgemm":
-        runtime.onednn_int8 = lambda: False
     dtype = resolve_dtype("auto")
     quantize = resolve_quantize(None if args.quantize == "none" else args.quantize, "lean")
     where = resolve_base(None, dtype)
@@ -60,8 +53,7 @@ def main() -> None:
     mark("tokenizer")
     engine = Engine(None, tokenizer, default_registry())
     built = lean_runtime(where, read_lora(shipped_adapter()), dtype, quantize, engine.prefix_ids)
-    kernel = f" {type(built[0].layers[0].down).__name__}" if quantize else ""
-    mark(f"layer weights ({quantize or dtype}{kernel}, LoRA merged, {'smoothed, calibrated' if quantize else 'prepacked'})")
+    mark(f"layer weights ({quantize or dtype}, LoRA merged, {'smoothed, calibrated' if quantize else 'prepacked'})")
     engine.set_runtime(*built)
     del built
     engine.pad_multiple = PAD_TO if args.pad_to is None else args.pad_to
@@ -77,9 +69,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(STAGES, indent=1))
         return
-    print(f"{'stage':<72} {'RSS':>6} {'peak':>6} {'anon':>6} {'file':>6}  (MB)")
+    print(f"{'stage':<52} {'RSS':>6} {'peak':>6} {'anon':>6} {'file':>6}  (MB)")
     for s in STAGES:
-        print(f"{s['stage']:<72} {s['rss_mb']:>6} {s['peak_mb']:>6} {s['anon_mb']:>6} {s['file_mb']:>6}")
+        print(f"{s['stage']:<52} {s['rss_mb']:>6} {s['peak_mb']:>6} {s['anon_mb']:>6} {s['file_mb']:>6}")
 
 
 if __name__ == "__main__":

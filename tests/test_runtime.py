@@ -231,16 +231,13 @@ def test_smoothing_folds_exactly(monkeypatch):
 
 
 @pytest.mark.parametrize("reduce_range", [False, True])  # 8-bit inputs (VNNI CPUs) and 7-bit (older ones)
-@pytest.mark.parametrize("kernel", ["Int8Linear", "FbgemmInt8Linear"])  # oneDNN's kernels, fbgemm's
-def test_int8_linear_quantises_each_token_on_its_own_scale(kernel, reduce_range):
-    from shoprouter import runtime
+def test_int8_linear_quantises_each_token_on_its_own_scale(reduce_range):
+    from shoprouter.runtime import Int8Linear
 
-    if kernel == "Int8Linear" and not runtime.onednn_int8():
-        pytest.skip("oneDNN's int8 kernels do not run on this machine")
     torch.manual_seed(0)
     w = torch.randn(24, 32)
     x = torch.randn(3, 32) * torch.tensor([[1000.0], [1.0], [0.001]])  # one loud token among quiet ones
-    linear = getattr(runtime, kernel)(w)
+    linear = Int8Linear(w)
     linear.reduce_range = reduce_range
     got, exact = linear(x), x @ w.T
     rel = (got - exact).norm(dim=1) / exact.norm(dim=1)

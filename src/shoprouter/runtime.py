@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +20,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# oneDNN keeps a compiled primitive per matmul shape, and routing meets a new row count with nearly every
-# message: at oneDNN's default capacity (1,024 primitives) the router grew by ~80 MB over 1,500 messages
-# (`scripts/memory_profile.py --messages 1500`), at 64 it stays flat. oneDNN reads this when it makes its first
-# primitive, so a process that set the variable itself, or used oneDNN before importing this, keeps its own.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 
 class Linear:
     """A bias-free linear map y = x W^T, with W prepacked for oneDNN where that is available."""
@@ -61,66 +55,15 @@ def cpu_has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-def _int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """W as int8 with one float32 scale per output row (symmetric, zero point 0)."""
-    w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
-    return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
-
-
-@functools.lru_cache(maxsize=1)
-def onednn_int8() -> bool:
-    """True when PyTorch's oneDNN int8 linear kernels run on this machine (checked on a tiny matrix)."""
-    try:
-        q, scale = _int8_weight(torch.ones(8, 8))
-        packed = torch.ops.onednn.qlinear_prepack(q, None)
-        torch.ops.onednn.qlinear_pointwise(torch.full((1, 8), 128, dtype=torch.uint8), 1.0, 128, packed, scale,
-                                           torch.zeros(8, dtype=torch.long), None, 1.0, 0, torch.float32,
-                                           "none", [], "")
-        return True
-    except (AttributeError, RuntimeError):
-        return False
-
-
 class Int8Linear:
-    """y = x W^T with W stored as int8, one scale per output row (a quarter of float32's bytes); the input is
-    quantised to 8 bits on every call (7 bits on CPUs without VNNI) and the product comes back in float32.
+    """y = x W^T with W stored as int8, one scale per output row (half the bytes of bf16); the input is
+    quantised to int8 on every call (7 bits on CPUs without VNNI) and the product comes back in float32.
 
-    Each row (token) is scaled to peak 1 (undone on the output) and quantised with a fixed step, 1/127 of
-    its peak, so a token with large activations does not cost the others their precision, and each token is
-    quantised the same way whatever else is in the call: a message's scores do not depend on the batch it is
-    routed in. The kernel is oneDNN's (`torch.ops.onednn.qlinear_pointwise`), which keeps one copy of the
-    weights in its blocked layout; where oneDNN's int8 kernels are missing, `FbgemmInt8Linear` does the same
-    with PyTorch's dynamic-quantisation kernels."""
-
-    def __init__(self, weight: torch.Tensor):
-        q, self.scale = _int8_weight(weight)
-        self.in_features, self.out_features = q.shape[1], q.shape[0]
-        self.weight = torch.ops.onednn.qlinear_prepack(q, None)
-        self.zero_points = torch.zeros(self.out_features, dtype=torch.long)
-        self.reduce_range = not cpu_has_vnni()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1]).float()
-        # abs + amax: vector_norm(inf) measured 10-20x slower
-        peak = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
-        # 8 bits: u8 = round(127 x / peak) + 128, in [1, 255]; 7 bits (no VNNI: u8 x s8 pairs must not
-        # overflow 16 bits): round(63 x / peak) + 64, in [1, 127]. Adding zero + 0.5 and truncating rounds.
-        levels, zero = (63, 64) if self.reduce_range else (127, 128)
-        qx = rows.mul(levels / peak).add_(zero + 0.5).to(torch.uint8)
-        y = torch.ops.onednn.qlinear_pointwise(qx, 1.0 / levels, zero, self.weight, self.scale, self.zero_points,
-                                               None, 1.0, 0, torch.float32, "none", [], "")
-        return y.mul_(peak).view(*x.shape[:-1], self.out_features)
-
-
-class FbgemmInt8Linear:
-    """`Int8Linear`'s scheme on PyTorch's dynamic-quantisation kernels (fbgemm), for builds without oneDNN's
-    int8 kernels. Its input step is 2/255 of a token's peak rather than 1/127, so the two kernels' scores
-    differ slightly (`scripts/int8_kernels_ab.py`). fbgemm keeps the weights twice (its packed matrix and the
-    original, for unpacking: ~65 MB more for the router than oneDNN's, `scripts/memory_profile.py`) and
-    quantises a call's whole input with one range, its min and max; two constant input columns, +1 and -1,
-    with zero weights, pin that range to exactly [-1, 1], so each token, scaled to peak 1, is quantised the
-    same way whatever else is in the call."""
+    PyTorch's dynamic-quantisation kernels (fbgemm) quantise a call's whole input with one range, its min and
+    max. Here every row (token) is first scaled to peak 1 (undone on the output), so a token with large
+    activations does not cost the others their precision, and two constant input columns, +1 and -1, with
+    zero weights, pin every call's range to exactly [-1, 1]: each token is quantised the same way whatever
+    else is in the call, so a message's scores do not depend on the batch it is routed in."""
 
     def __init__(self, weight: torch.Tensor):
         w = weight.detach().float()
@@ -136,17 +79,13 @@ class FbgemmInt8Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).float()
+        # abs + amax: vector_norm(inf) measured 10-20x slower
         peak = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
         u = rows.new_empty(rows.shape[0], self.in_features + 2)
         torch.div(rows, peak, out=u[:, : self.in_features])
         u[:, self.in_features:] = self.range_columns  # one copy for both columns, not two fills
         y = torch.ops.quantized.linear_dynamic(u, self.weight, reduce_range=self.reduce_range).mul_(peak)
         return y.view(*x.shape[:-1], self.out_features)
-
-
-def int8_linear(weight: torch.Tensor) -> Int8Linear | FbgemmInt8Linear:
-    """An int8 linear map on oneDNN's kernels where they run, else on fbgemm's."""
-    return Int8Linear(weight) if onednn_int8() else FbgemmInt8Linear(weight)
 
 
 class _AbsMax:
@@ -192,10 +131,10 @@ def can_pack(dtype: torch.dtype) -> bool:
 class Layer:
     """One decoder layer's weights (norm weights already as 1 + w, in float32)."""
 
-    qkv: Linear | Int8Linear | FbgemmInt8Linear  # [(n_heads + 2 * n_kv) * head_dim, hidden]
-    o: Linear | Int8Linear | FbgemmInt8Linear
-    gate_up: Linear | Int8Linear | FbgemmInt8Linear  # [2 * intermediate, hidden]
-    down: Linear | Int8Linear | FbgemmInt8Linear
+    qkv: Linear | Int8Linear  # [(n_heads + 2 * n_kv) * head_dim, hidden]
+    o: Linear | Int8Linear
+    gate_up: Linear | Int8Linear  # [2 * intermediate, hidden]
+    down: Linear | Int8Linear
     input_norm: torch.Tensor
     post_attn_norm: torch.Tensor
     pre_ff_norm: torch.Tensor
@@ -344,7 +283,7 @@ class SuffixDecoder:
             setattr(layer, n, recorder.linear)
             peaks[n] = recorder.peak
         for n, weight in self.smooth(layer, peaks).items():
-            setattr(layer, n, int8_linear(weight))
+            setattr(layer, n, Int8Linear(weight))
         return out
 
     def smooth(self, layer: Layer, peaks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
