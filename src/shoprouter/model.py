@@ -7,6 +7,7 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,6 +265,21 @@ def load_tokenizer(where: Path | str):
     return tok
 
 
+def _special_ids(directory: Path, token_id: Callable[[str], int | None]) -> tuple[int | None, ...]:
+    """The bos, pad and unk ids: the tokens `tokenizer_config.json` names (Gemma's where it names none)."""
+    import json
+
+    cfg_path = directory / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+
+    def special(key: str, default: str) -> int | None:
+        value = cfg.get(key, default)
+        value = value.get("content") if isinstance(value, dict) else value
+        return token_id(value) if isinstance(value, str) else None
+
+    return special("bos_token", "<bos>"), special("pad_token", "<pad>"), special("unk_token", "<unk>")
+
+
 class FastTokenizer:
     """The base model's `tokenizer.json` through the `tokenizers` library alone, for routing.
 
@@ -273,23 +289,11 @@ class FastTokenizer:
     """
 
     def __init__(self, directory: Path):
-        import json
-
         from tokenizers import Tokenizer
 
         self._tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self._lock = threading.Lock()
-        cfg_path = directory / "tokenizer_config.json"
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
-
-        def special(key: str, default: str) -> int | None:
-            value = cfg.get(key, default)
-            value = value.get("content") if isinstance(value, dict) else value
-            return self._tok.token_to_id(value) if isinstance(value, str) else None
-
-        self.bos_token_id = special("bos_token", "<bos>")
-        self.pad_token_id = special("pad_token", "<pad>")
-        self.unk_token_id = special("unk_token", "<unk>")
+        self.bos_token_id, self.pad_token_id, self.unk_token_id = _special_ids(directory, self._tok.token_to_id)
 
     def encode(self, text: str, add_special_tokens: bool = True, split_special_tokens: bool = False) -> list[int]:
         """Token ids; `split_special_tokens` tokenises special-token strings in the text as plain text.
@@ -438,8 +442,6 @@ class SentencePieceTokenizer:
     """
 
     def __init__(self, directory: Path):
-        import json
-
         import sentencepiece
 
         self._sp = sentencepiece.SentencePieceProcessor()
@@ -451,18 +453,8 @@ class SentencePieceTokenizer:
         del model
         self._all = _AddedTokens({content: i for content, i, _ in added})
         self._plain = _AddedTokens({content: i for content, i, special in added if not special})
-        cfg_path = directory / "tokenizer_config.json"
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
         self._added_ids = {content: i for content, i, _ in added}
-
-        def special(key: str, default: str) -> int | None:
-            value = cfg.get(key, default)
-            value = value.get("content") if isinstance(value, dict) else value
-            return self._token_id(value) if isinstance(value, str) else None
-
-        self.bos_token_id = special("bos_token", "<bos>")
-        self.pad_token_id = special("pad_token", "<pad>")
-        self.unk_token_id = special("unk_token", "<unk>")
+        self.bos_token_id, self.pad_token_id, self.unk_token_id = _special_ids(directory, self._token_id)
 
     def _token_id(self, token: str) -> int | None:
         found = self._added_ids.get(token)
