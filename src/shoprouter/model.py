@@ -453,11 +453,10 @@ class SentencePieceTokenizer:
         del model
         self._all = _AddedTokens({content: i for content, i, _ in added})
         self._plain = _AddedTokens({content: i for content, i, special in added if not special})
-        self._added_ids = {content: i for content, i, _ in added}
         self.bos_token_id, self.pad_token_id, self.unk_token_id = _special_ids(directory, self._token_id)
 
     def _token_id(self, token: str) -> int | None:
-        found = self._added_ids.get(token)
+        found = self._all.ids.get(token)  # every added token, special or not
         if found is not None:
             return found
         found = self._sp.piece_to_id(token)
