@@ -198,11 +198,23 @@ def test_fast_tokenizer_gives_the_transformers_ids(tiny_base, labelled_rows):
 def test_padding_the_suffix_changes_no_score(tiny_adapter, tiny_base):
     out, _ = tiny_adapter
     texts = ["where is my order", "my card was declined twice and the app crashed", "tell me a joke"]
-    exact = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", quantize=None, pad_to=1).route_batch(texts)
+    unpadded = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", quantize=None, pad_to=1)
+    exact = [unpadded.route(t) for t in texts]  # one at a time, no padding at all
     router = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", quantize=None, pad_to=16)
-    padded = [router.route(t) for t in texts]  # one message at a time: the padded path
-    for a, b in zip(exact, padded, strict=True):
+    widths = []
+    hidden_at = router.engine._runtime.hidden_at
+
+    def recording(ids, *args, **kwargs):
+        widths.append(ids.shape[1])
+        return hidden_at(ids, *args, **kwargs)
+
+    router.engine._runtime.hidden_at = recording
+    padded = [router.route(t) for t in texts]  # one message at a time
+    batched = router.route_batch(texts, [[]] * len(texts))  # the lean runtime pads batches too
+    assert widths and all(w % 16 == 0 for w in widths)
+    for a, b, c in zip(exact, padded, batched, strict=True):
         assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-5
+        assert max(abs(a.scores[k] - c.scores[k]) for k in a.scores) < 1e-5
     from shoprouter.errors import ShopRouterError
 
     with pytest.raises(ShopRouterError, match="pad_to"):

@@ -14,15 +14,17 @@ import torch
 
 from .agents import Agent, Registry, default_registry
 from .errors import ShopRouterError
-from .model import LORA_LAYERS
+from .model import LORA_LAYERS, release_freed_memory
 from .router import DEFAULT_CLARIFY_THRESHOLD, Router
 from .rows import Turn
 from .runtime import QUANTIZATIONS
 
 META_FILE = "router.json"  # registry, prompt format, calibration: written next to the adapter weights
-# A single message's suffix is right-padded to a multiple of this many tokens: oneDNN keeps compiled kernels
-# and buffers for every input shape it meets, so a long-running router otherwise grows by ~250 MB over its
-# first few hundred message lengths (`shoprouter bench --routers lora,lora:pad_to=1` measures both ways).
+# A single message's suffix, and in the lean runtime every batch, is right-padded to a multiple of this many
+# tokens: oneDNN keeps compiled kernels and buffers for every input shape it meets, so a long-running router
+# otherwise grows by ~250 MB over its first few hundred message lengths (`shoprouter bench --routers
+# lora,lora:pad_to=1` measures both ways), and without padded batches by ~370 MB over 2,048 test-split
+# messages in batches of 32 (`python scripts/memory_profile.py --batched`).
 # 8 rather than 16: fewer padding tokens per message (in an ad-hoc interleaved A/B, single-message p50 -7 %,
 # batches unchanged), for ~10-30 MB more kernels and buffers after 400 messages (scripts/memory_profile.py).
 # Measured before the runtime packed the real tokens; since then padding costs attention only.
@@ -238,7 +240,7 @@ class LoraRouter(Router):
                  clarify_threshold: float = DEFAULT_CLARIFY_THRESHOLD, temperature: float | None = None,
                  batch_size: int = 32, threads: int | None = None, quantize: str | None = "auto",
                  dtype: str | None = "auto", forward: str = "lean", pad_to: int = PAD_TO):
-        from .model import release_freed_memory, resolve_dtype
+        from .model import resolve_dtype, unfragmented_loading
         from .scoring import Engine
 
         adapter = Path(adapter) if adapter else shipped_adapter()
@@ -264,18 +266,18 @@ class LoraRouter(Router):
         self.quantize = quantize
         self.forward = forward
         base = base or meta.get("base")
-        self.engine = self._lean_engine(base, adapter, registry, quantize) if self.forward == "lean" else None
-        if self.engine is None:  # through transformers + PEFT (and then, for "lean", to runtime.py)
-            model, tokenizer = load_adapted_model(base, adapter, dtype=self.dtype)
-            self.engine = Engine(model, tokenizer, registry)
-            if self.forward == "lean":
-                compact_for_inference(self.engine, None)
-                self.engine.use_runtime(_embedding_rows(base, self.dtype), quantize)
-            else:  # int8 in the transformers forward: torch.ao dynamic quantisation of its linear layers
-                compact_for_inference(self.engine, quantize)
-        self.engine.pad_multiple = pad_to
-        self.engine.prefix_cache()  # encode the declarations once, now
-        release_freed_memory()  # what loading, calibrating and the prefix pass freed (~40 MB glibc kept)
+        with unfragmented_loading():  # then glibc hands back what loading, calibrating and the prefix pass freed
+            self.engine = self._lean_engine(base, adapter, registry, quantize) if self.forward == "lean" else None
+            if self.engine is None:  # through transformers + PEFT (and then, for "lean", to runtime.py)
+                model, tokenizer = load_adapted_model(base, adapter, dtype=self.dtype)
+                self.engine = Engine(model, tokenizer, registry)
+                if self.forward == "lean":
+                    compact_for_inference(self.engine, None)
+                    self.engine.use_runtime(_embedding_rows(base, self.dtype), quantize)
+                else:  # int8 in the transformers forward: torch.ao dynamic quantisation of its linear layers
+                    compact_for_inference(self.engine, quantize)
+            self.engine.pad_multiple = pad_to
+            self.engine.prefix_cache()  # encode the declarations once, now
 
     def _lean_engine(self, base: str | None, adapter: Path, registry: Registry, quantize: str | None = None):
         """An engine on the lean forward built straight from the checkpoint files (None when the base or the
@@ -304,4 +306,8 @@ class LoraRouter(Router):
             probs = self.engine.score([encoded[i] for i in chunk], self.temperature).tolist()
             for i, row in zip(chunk, probs, strict=True):
                 out[i] = dict(zip(labels, row, strict=True))
+        if len(encoded) > 1:
+            # a batch's activations are tens of MB, freed all over the heap, which glibc keeps: ~+150 MB over
+            # 2,048 messages in batches of 32, otherwise (scripts/memory_profile.py --batch-size 32)
+            release_freed_memory()
         return out

@@ -214,7 +214,10 @@ class Engine:
         """
         prefix = prefix if prefix is not None else self.prefix_cache()
         width = max(len(s) for s in seqs)
-        if len(seqs) == 1:  # single messages: few distinct shapes (batches are length-bucketed already)
+        if len(seqs) == 1 or self._runtime is not None:
+            # few distinct shapes: oneDNN compiles and keeps kernels per attention shape. The lean runtime
+            # runs norms, matmuls and MLP on the real tokens only, so padding a batch costs attention alone;
+            # the transformers forward computes every padded token, so its batches (length-bucketed) are not
             width = -(-width // self.pad_multiple) * self.pad_multiple
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=self.device)
         for i, s in enumerate(seqs):
