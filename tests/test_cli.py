@@ -200,6 +200,8 @@ def test_error_bad_options(tmp_path, labelled_file):
     for targets in ("q_proj,lm_head", "q_proj,q_proj", ","):
         assert_one_line_error(run("train", "--data", tmp_path, "--out", tmp_path / "o", "--targets", targets),
                               "--targets must list distinct layers")
+    for rank in ("0", "1000"):
+        assert_one_line_error(run("train", "--data", tmp_path, "--out", tmp_path / "o", "--rank", rank), "--rank")
 
 
 def test_bench_json_with_router_options(labelled_file):

@@ -76,15 +76,17 @@ def test_router_lean_and_transformers_forward_agree(tiny_adapter, tiny_base):
 
 
 def test_lora_on_every_linear_layer_routes_the_same_in_both_forwards(tiny_base, tiny_data, tmp_path):
-    """An adapter on the MLP layers too (train --targets) is merged by the lean forward as PEFT applies it."""
+    """An adapter on the MLP layers too (train --targets), of another rank than the default (train --rank), is
+    merged by the lean forward as PEFT applies it."""
     from shoprouter.model import LORA_LAYERS
     from shoprouter.train import TrainConfig, train
 
     cfg = TrainConfig(epochs=0.5, lr=5e-3, batch_size=16, base=str(tiny_base), val_rows=8,
-                      target_modules=list(LORA_LAYERS))
+                      target_modules=list(LORA_LAYERS), r=4, alpha=8)
     train(tiny_data, tmp_path, cfg, progress=False)
-    adapted = json.loads((tmp_path / "adapter_config.json").read_text())["target_modules"]
-    assert set(adapted) == set(LORA_LAYERS)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == set(LORA_LAYERS)
+    assert (config["r"], config["lora_alpha"]) == (4, 8)
     texts = ["where is my order", "my card was declined twice and the app crashed"]
     hist = [[], [{"text": "hello", "label": "clarify"}]]
     hf = LoraRouter(adapter=tmp_path, base=str(tiny_base), dtype="float32", forward="hf", quantize=None)

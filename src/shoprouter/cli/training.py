@@ -38,6 +38,8 @@ def train(
     prefix_grad: bool = typer.Option(False, "--prefix-grad/--no-prefix-grad",
                                      help="Backpropagate through the shared declarations prefix (slower)."),
     dtype: str = typer.Option("auto", help="auto (bfloat16 where the CPU/GPU has it, else float32), float32, bfloat16."),
+    rank: int = typer.Option(LORA_DEFAULTS["r"], "--rank",
+                             help="LoRA rank r (alpha = 2r, the recipe's ratio: 16 and 32 by default)."),
     targets: str = typer.Option(",".join(LORA_DEFAULTS["target_modules"]), "--targets",
                                 help="Comma-separated layers LoRA adapts: any of " + ",".join(LORA_LAYERS) + "."),
     json_out: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
@@ -47,8 +49,11 @@ def train(
     from ..train import TrainConfig
     from ..train import train as run_train
 
+    if not 1 <= rank <= 256:
+        raise ShopRouterError(f"--rank must be a whole number from 1 to 256, got {rank}")
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_minutes=max_minutes, base=base, seed=seed,
-                      threads=threads, prefix_grad=prefix_grad, dtype=dtype, target_modules=parse_targets(targets))
+                      threads=threads, prefix_grad=prefix_grad, dtype=dtype, target_modules=parse_targets(targets),
+                      r=rank, alpha=2 * rank)
     extra_rows = read_rows(extra) if extra else None
     log = run_train(data, out, cfg, resume=resume, resume_from=resume_from, extra_rows=extra_rows)
     summary = {k: log.get(k) for k in ("n_train", "total_steps", "elapsed_s", "epochs", "final_val_accuracy",
