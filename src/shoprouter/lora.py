@@ -24,7 +24,8 @@ META_FILE = "router.json"  # registry, prompt format, calibration: written next 
 # tokens: oneDNN keeps compiled kernels and buffers for every input shape it meets, so a long-running router
 # otherwise grows by ~250 MB over its first few hundred message lengths (`shoprouter bench --routers
 # lora,lora:pad_to=1` measures both ways), and without padded batches by ~370 MB over 2,048 test-split
-# messages in batches of 32 (`python scripts/memory_profile.py --batched`).
+# messages in batches of 32 (`python scripts/memory_profile.py
+# --batch-size 32 --messages 2048 --data gen/test.jsonl` measures the padded way).
 # 8 rather than 16: fewer padding tokens per message (in an ad-hoc interleaved A/B, single-message p50 -7 %,
 # batches unchanged), for ~10-30 MB more kernels and buffers after 400 messages (scripts/memory_profile.py).
 # Measured before the runtime packed the real tokens; since then padding costs attention only.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -239,6 +240,7 @@ class Checkpoint:
                         end - start)
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc():
     """The C library when it is glibc (it has malloc_trim), else None."""
     import ctypes
@@ -278,8 +280,8 @@ def unfragmented_loading() -> Iterator[None]:
     the packed int8 weights it keeps are allocated among them; glibc then serves most of them from its heap
     (its mmap threshold rises to the size of the first large block freed) and cannot give the holes back.
     Inside this block every allocation over 128 KiB gets its own mapping, returned on free: measured with the
-    shipped adapter (`python scripts/memory_profile.py`), 428 instead of 474 MB once loaded, peak 486 instead
-    of 576-647. On leaving, the thresholds are fixed where glibc's own adjustment ends up (mmap 32 MiB, trim
+    shipped adapter (`python scripts/memory_profile.py`), 429 instead of 472-474 MB once loaded, peak 486
+    instead of 576-647. On leaving, the thresholds are fixed where glibc's own adjustment ends up (mmap 32 MiB, trim
     64 MiB) rather than left at 128 KiB, where each batch's activations would be mapped and faulted in anew
     (~3x slower batches). mallopt settings are process-wide and stay set.
     """
