@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -14,7 +14,7 @@ import torch
 
 from .agents import Agent, Registry, default_registry
 from .errors import ShopRouterError
-from .model import LORA_LAYERS, release_freed_memory
+from .model import LORA_LAYERS, Checkpoint, release_freed_memory
 from .router import DEFAULT_CLARIFY_THRESHOLD, Router
 from .rows import Turn
 from .runtime import QUANTIZATIONS
@@ -79,11 +79,34 @@ def load_adapted_model(base: str | None, adapter: Path, merge: bool = True, dtyp
 _LORA_KEY = re.compile(r"^base_model\.model\.model\.(layers\.\d+\.(?:self_attn|mlp)\.(\w+))\.lora_([AB])\.weight$")
 
 
+class AdapterFactors(Mapping[str, tuple[torch.Tensor, torch.Tensor]]):
+    """An adapter file's LoRA factors by decoder weight name, each pair read from the file when looked up, so
+    that building a router holds one layer's factors at a time rather than the whole adapter (30 MB at
+    rank 32, which would add to the load's peak)."""
+
+    def __init__(self, adapter: Path, ckpt, keys: dict[str, tuple[str, str]]):
+        self._adapter, self._ckpt, self._keys = adapter, ckpt, keys
+
+    def __getitem__(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        key_a, key_b = self._keys[name]
+        try:
+            return self._ckpt.get(key_a), self._ckpt.get(key_b)
+        except Exception as exc:  # a truncated file or a damaged header entry
+            raise ShopRouterError(f"cannot load adapter {self._adapter}: {type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:200]}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 @dataclass
 class LoraWeights:
     """A plain LoRA adapter: per decoder weight name, the low-rank factors and the scale of B @ A."""
 
-    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (A [r, in], B [out, r])
+    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (A [r, in], B [out, r])
     scale: float
 
     def merged(self, name: str, weight: torch.Tensor) -> torch.Tensor:
@@ -111,23 +134,21 @@ def read_lora(adapter: Path) -> LoraWeights | None:
              and isinstance(cfg.get("target_modules"), list) and set(cfg["target_modules"]) <= set(LORA_LAYERS))
     if not plain:
         return None
-    try:
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(adapter / "adapter_model.safetensors"))
-    except Exception as exc:  # safetensors raises several types for a damaged file
+    try:  # the header only: the factors are read when merged (AdapterFactors)
+        ckpt = Checkpoint(adapter, "adapter_model.safetensors")
+    except Exception as exc:  # a damaged header raises several types
         raise ShopRouterError(f"cannot load adapter {adapter}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
+    parts: dict[str, dict[str, str]] = {}
+    for key in ckpt.names():
         m = _LORA_KEY.match(key)
         if m is None or m.group(2) not in LORA_LAYERS:
             return None
-        parts.setdefault(m.group(1) + ".weight", {})[m.group(3)] = value
+        parts.setdefault(m.group(1) + ".weight", {})[m.group(3)] = key
     if not parts or any(set(v) != {"A", "B"} for v in parts.values()):
         return None
     r = int(cfg["r"])
     scale = float(cfg["lora_alpha"]) / (math.sqrt(r) if cfg.get("use_rslora") else r)
-    return LoraWeights({k: (v["A"], v["B"]) for k, v in parts.items()}, scale)
+    return LoraWeights(AdapterFactors(adapter, ckpt, {k: (v["A"], v["B"]) for k, v in parts.items()}), scale)
 
 
 def lean_runtime(where: Path, lora: LoraWeights, dtype: str, quantize: str | None = None,
@@ -137,7 +158,6 @@ def lean_runtime(where: Path, lora: LoraWeights, dtype: str, quantize: str | Non
     text model in local safetensors files. `calibration`: token ids that int8 calibrates on (the prefix)."""
     from transformers import AutoConfig
 
-    from .model import Checkpoint
     from .runtime import SuffixDecoder
 
     ckpt = Checkpoint(where)

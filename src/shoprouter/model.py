@@ -192,13 +192,15 @@ class Checkpoint:
 
     _DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
-    def __init__(self, directory: Path | str):
+    def __init__(self, directory: Path | str, pattern: str = "*.safetensors"):
         import json
 
         self._where: dict[str, tuple[Path, dict, int]] = {}  # name -> (file, header entry, data offset)
-        for path in sorted(Path(directory).glob("*.safetensors")):
+        for path in sorted(Path(directory).glob(pattern)):
             with open(path, "rb") as fh:
                 size = int.from_bytes(fh.read(8), "little")
+                if size > path.stat().st_size - 8:
+                    raise ShopRouterError(f"{path} is not a safetensors file (its header size is past its end)")
                 header = json.loads(fh.read(size))
             for name, info in header.items():
                 if name != "__metadata__":
@@ -206,6 +208,10 @@ class Checkpoint:
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
+
+    def names(self) -> list[str]:
+        """The names of every tensor in the checkpoint's headers."""
+        return list(self._where)
 
     def get(self, name: str):
         """One tensor, read with plain file reads into its own memory (a memory map would count every page
