@@ -84,7 +84,7 @@ class AdapterFactors(Mapping[str, tuple[torch.Tensor, torch.Tensor]]):
     that building a router holds one layer's factors at a time rather than the whole adapter (30 MB at
     rank 32, which would add to the load's peak)."""
 
-    def __init__(self, adapter: Path, ckpt, keys: dict[str, tuple[str, str]]):
+    def __init__(self, adapter: Path, ckpt: Checkpoint, keys: dict[str, tuple[str, str]]):
         self._adapter, self._ckpt, self._keys = adapter, ckpt, keys
 
     def __getitem__(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,8 +92,8 @@ class AdapterFactors(Mapping[str, tuple[torch.Tensor, torch.Tensor]]):
         try:
             return self._ckpt.get(key_a), self._ckpt.get(key_b)
         except Exception as exc:  # a truncated file or a damaged header entry
-            raise ShopRouterError(f"cannot load adapter {self._adapter}: {type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0][:200]}") from None
+            what = str(exc) if isinstance(exc, ShopRouterError) else f"{type(exc).__name__}: {exc}"
+            raise ShopRouterError(f"cannot load adapter {self._adapter}: {what.splitlines()[0][:200]}") from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
