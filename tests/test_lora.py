@@ -148,6 +148,8 @@ def test_corrupted_adapter_gives_clear_error(tiny_adapter, tiny_base, tmp_path):
     (bad / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ShopRouterError, match="cannot load adapter"):
         LoraRouter(adapter=bad, base=str(tiny_base))
+    with pytest.raises(ShopRouterError, match="no trained adapter"):
+        LoraRouter(adapter=tmp_path / "missing", base=str(tiny_base))
 
 
 def test_truncated_adapter_gives_clear_error(tiny_adapter, tiny_base, tmp_path):
@@ -158,8 +160,6 @@ def test_truncated_adapter_gives_clear_error(tiny_adapter, tiny_base, tmp_path):
     weights.write_bytes(weights.read_bytes()[:-64])  # the header intact, the last factor's data cut short
     with pytest.raises(ShopRouterError, match="cannot load adapter .*truncated"):
         LoraRouter(adapter=bad, base=str(tiny_base))
-    with pytest.raises(ShopRouterError, match="no trained adapter"):
-        LoraRouter(adapter=tmp_path / "missing", base=str(tiny_base))
 
 
 @pytest.mark.parametrize("forward", ["lean", "hf"])
