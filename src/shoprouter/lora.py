@@ -55,6 +55,13 @@ def read_meta(adapter: Path) -> dict:
     return meta
 
 
+def adapter_error(adapter: Path, exc: Exception) -> ShopRouterError:
+    """The one-line error for an adapter file that cannot be read: the cause's first line, with its type unless
+    it is already one of ours."""
+    what = str(exc) if isinstance(exc, ShopRouterError) else f"{type(exc).__name__}: {exc}"
+    return ShopRouterError(f"cannot load adapter {adapter}: {what.splitlines()[0][:200] if what else ''}")
+
+
 def registry_from_meta(meta: dict) -> Registry:
     return Registry(tuple(Agent(a["key"], a["description"], tuple(a.get("keywords", ()))) for a in meta["agents"]))
 
@@ -69,7 +76,7 @@ def load_adapted_model(base: str | None, adapter: Path, merge: bool = True, dtyp
     try:
         model = PeftModel.from_pretrained(loaded.model, str(adapter), is_trainable=False)
     except Exception as exc:  # safetensors / peft raise many types for a damaged file
-        raise ShopRouterError(f"cannot load adapter {adapter}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        raise adapter_error(adapter, exc) from None
     if merge:
         model = model.merge_and_unload()
     model.eval()
@@ -92,8 +99,7 @@ class AdapterFactors(Mapping[str, tuple[torch.Tensor, torch.Tensor]]):
         try:
             return self._ckpt.get(key_a), self._ckpt.get(key_b)
         except Exception as exc:  # a truncated file or a damaged header entry
-            what = str(exc) if isinstance(exc, ShopRouterError) else f"{type(exc).__name__}: {exc}"
-            raise ShopRouterError(f"cannot load adapter {self._adapter}: {what.splitlines()[0][:200]}") from None
+            raise adapter_error(self._adapter, exc) from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
@@ -137,7 +143,7 @@ def read_lora(adapter: Path) -> LoraWeights | None:
     try:  # the header only: the factors are read when merged (AdapterFactors)
         ckpt = Checkpoint(adapter, "adapter_model.safetensors")
     except Exception as exc:  # a damaged header raises several types
-        raise ShopRouterError(f"cannot load adapter {adapter}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        raise adapter_error(adapter, exc) from None
     parts: dict[str, dict[str, str]] = {}
     for key in ckpt.names():
         m = _LORA_KEY.match(key)
