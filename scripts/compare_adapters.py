@@ -17,6 +17,7 @@ from pathlib import Path
 
 from scipy.stats import binomtest
 
+from shoprouter.evaluate import route_rows
 from shoprouter.lora import LoraRouter
 from shoprouter.rows import Row, read_rows
 
@@ -26,14 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def right_or_wrong(adapter: Path, files: dict[str, list[Row]], batch_size: int) -> dict[str, list[bool]]:
     """Per file, whether the router on `adapter` decides each row as labelled."""
     router = LoraRouter(adapter=adapter)
-    out = {}
-    for name, rows in files.items():
-        hits = []
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i : i + batch_size]
-            decisions = router.route_batch([r.text for r in chunk], [r.history for r in chunk])
-            hits.extend(d.decision == r.label for d, r in zip(decisions, chunk, strict=True))
-        out[name] = hits
+    out = {name: [d.decision == r.label for d, r in zip(route_rows(router, rows, batch_size), rows, strict=True)]
+           for name, rows in files.items()}
     del router
     gc.collect()
     return out

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ShopRouterError
-from .router import Router
+from .router import Decision, Router
 from .rows import Row
 
 ECE_BINS = 10
@@ -57,6 +57,21 @@ def _sample_indices(n: int, k: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n - 1, k)})
 
 
+def route_rows(router: Router, rows: Sequence[Row], batch_size: int = DEFAULT_BATCH_SIZE,
+               progress: bool = False) -> list[Decision]:
+    """Every row's decision (with its history), from `route_batch` calls of `batch_size` rows."""
+    decisions: list[Decision] = []
+    batches = range(0, len(rows), batch_size)
+    if progress:
+        from rich.progress import track
+
+        batches = track(batches, description=f"routing ({router.name})", transient=True)
+    for i in batches:
+        chunk = rows[i:i + batch_size]
+        decisions.extend(router.route_batch([r.text for r in chunk], [r.history for r in chunk]))
+    return decisions
+
+
 def evaluate(router: Router, rows: Sequence[Row], batch_size: int = DEFAULT_BATCH_SIZE,
              latency_sample: int = DEFAULT_LATENCY_SAMPLE, progress: bool = False) -> dict:
     """Route every row (with its history) and compute the DESIGN.md eval JSON plus extras.
@@ -79,16 +94,8 @@ def evaluate(router: Router, rows: Sequence[Row], batch_size: int = DEFAULT_BATC
     if unknown:
         raise ShopRouterError(f"rows have labels the router does not know: {', '.join(unknown)}")
 
-    decisions = []
-    batches = range(0, len(rows), batch_size)
-    if progress:
-        from rich.progress import track
-
-        batches = track(batches, description=f"routing ({router.name})", transient=True)
     start = time.perf_counter()
-    for i in batches:
-        chunk = rows[i:i + batch_size]
-        decisions.extend(router.route_batch([r.text for r in chunk], [r.history for r in chunk]))
+    decisions = route_rows(router, rows, batch_size, progress)
     batch_total_ms = (time.perf_counter() - start) * 1000
 
     single = []
