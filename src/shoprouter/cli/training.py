@@ -60,3 +60,28 @@ def train(
                                        "temperature", "stopped_early", "finished")}
     summary["adapter"] = str(out)
     print(json.dumps(summary, indent=None if json_out else 2))
+
+
+@app.command()
+def average(
+    adapters: list[Path] = typer.Argument(..., help="Two or more trained adapter directories."),
+    out: Path = typer.Option(..., "--out", help="Where to write the averaged adapter."),
+    data: Path = typer.Option(..., "--data", help="Dataset directory whose val.jsonl calibrates the result."),
+    rank: int | None = typer.Option(None, "--rank", help="Keep the mean update's top RANK singular directions "
+                                    "(a smaller file; default: exact, rank = the sum of the adapters' ranks)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Store the factors as float32 or bfloat16 (half the file)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Average adapters (the mean of their LoRA updates) into one, recalibrated on the validation split."""
+    from ..average import average_adapters
+    from ..lora import read_meta, registry_from_meta
+    from ..rows import read_rows
+
+    val = Path(data) / "val.jsonl"
+    if not val.is_file():
+        raise ShopRouterError(f"no val.jsonl in {data}; the averaged adapter is calibrated on the validation split")
+    labels = registry_from_meta(read_meta(Path(adapters[0]))).labels
+    meta = average_adapters(adapters, out, read_rows(val, labels), rank, dtype)
+    summary = {"adapter": str(out), "averaged": [str(a) for a in adapters], "rank": meta["averaged_rank"]["kept"],
+               "temperature": meta["temperature"], **meta["calibration"]}
+    print(json.dumps(summary, indent=None if json_out else 2))
