@@ -126,3 +126,14 @@ def test_bfloat16_storage_halves_the_file_and_merges_the_same_update(tiny_base, 
     assert all(torch.allclose(peft[k], ref[k], atol=1e-2) for k in ref)
     with pytest.raises(ShopRouterError, match="storage dtype"):
         average_adapters([tiny_adapter[0], other_adapter], tmp_path / "x", [], dtype="float16")
+
+
+def test_continued_training_of_an_average_records_its_real_lora_shape(tiny_base, tiny_data, averaged, tmp_path):
+    out = tmp_path / "continued"
+    cfg = TrainConfig(epochs=0.2, lr=1e-3, batch_size=16, base=str(tiny_base), val_rows=18)  # r=16 by default
+    train(tiny_data, out, cfg, resume_from=averaged[0], progress=False)
+    meta = json.loads((out / "router.json").read_text())
+    assert meta["resumed_from"] == str(averaged[0])
+    shape = json.loads((averaged[0] / "adapter_config.json").read_text())
+    assert (meta["train_config"]["r"], meta["train_config"]["alpha"]) == (shape["r"], shape["lora_alpha"]) == (20, 20)
+    assert meta["train_config"]["target_modules"] == sorted(shape["target_modules"])

@@ -13,7 +13,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -169,6 +169,14 @@ def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def _lora_config_of(model, cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the LoRA shape of the adapter that `model` continues (its rank, alpha, dropout and layers,
+    rather than the command line's defaults), so that the saved metadata says what was trained."""
+    lora = model.peft_config["default"]
+    return replace(cfg, r=int(lora.r), alpha=int(lora.lora_alpha), dropout=float(lora.lora_dropout),
+                   target_modules=sorted(lora.target_modules))
+
+
 def _write_meta(out: Path, registry: Registry, cfg: TrainConfig, temperature: float, extra: dict) -> None:
     meta = {"prompt_version": PROMPT_VERSION, "base": cfg.base, "temperature": temperature,
             "agents": registry.to_dict()["agents"], "train_config": asdict(cfg), **extra}
@@ -205,9 +213,11 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
     model = base.model.to(device)
     if resume and (ckpt / "adapter_model.safetensors").is_file():
         model = PeftModel.from_pretrained(model, str(ckpt), is_trainable=True)
+        cfg = _lora_config_of(model, cfg)
     elif resume_from is not None:
         read_meta(Path(resume_from))
         model = PeftModel.from_pretrained(model, str(resume_from), is_trainable=True)
+        cfg = _lora_config_of(model, cfg)
     else:
         model = get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                  target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
@@ -292,7 +302,10 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
         log["final_val_accuracy"] = acc
     log["temperature"] = temperature
     model.save_pretrained(str(out_dir))
-    _write_meta(out_dir, registry, cfg, temperature, {"train_steps": step, "train_rows": len(enc_train)})
+    extra = {"train_steps": step, "train_rows": len(enc_train)}
+    if resume_from is not None:
+        extra["resumed_from"] = str(resume_from)
+    _write_meta(out_dir, registry, cfg, temperature, extra)
     (out_dir / "train_log.json").write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
     for junk in ("README.md",):
         (out_dir / junk).unlink(missing_ok=True)
