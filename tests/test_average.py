@@ -83,6 +83,8 @@ def test_average_refuses_what_it_cannot_average(tiny_adapter, tiny_data, tmp_pat
         average_adapters([tiny_adapter[0], other], tmp_path / "out", rows)
     with pytest.raises(ShopRouterError, match="one of the adapters"):
         average_adapters([tiny_adapter[0], other], other, rows)
+    with pytest.raises(ShopRouterError, match="no validation rows"):
+        average_adapters([tiny_adapter[0], other], tmp_path / "out", [])
     assert not (tmp_path / "out").exists()
 
 
@@ -125,7 +127,8 @@ def test_bfloat16_storage_halves_the_file_and_merges_the_same_update(tiny_base, 
     ref = load_adapted_model(str(tiny_base), averaged[0])[0].state_dict()
     assert all(torch.allclose(peft[k], ref[k], atol=1e-2) for k in ref)
     with pytest.raises(ShopRouterError, match="storage dtype"):
-        average_adapters([tiny_adapter[0], other_adapter], tmp_path / "x", [], dtype="float16")
+        average_adapters([tiny_adapter[0], other_adapter], tmp_path / "x", read_rows(tiny_data / "val.jsonl"),
+                         dtype="float16")
 
 
 def test_continued_training_of_an_average_records_its_real_lora_shape(tiny_base, tiny_data, averaged, tmp_path):

@@ -29,8 +29,8 @@ def average_adapters(adapters: Sequence[Path], out: Path, val_rows: Sequence[Row
     float32 or bfloat16 (half the file; they are merged in float32 either way).
 
     Each update is scale·B·A; the factors are stacked, A = [A_1; …; A_n] and B = [s_1·B_1, …, s_n·B_n] / n,
-    with r = Σ r_i and lora_alpha = r (scale 1) (before any truncation), so PEFT's merge and the lean loader both add exactly the mean.
-    A weight that some adapter does not adapt counts as a zero update there. The adapters must be plain LoRA
+    with r = Σ r_i (before any truncation) and lora_alpha = r (scale 1), so PEFT's merge and the lean loader
+    both add exactly the mean. A weight that some adapter does not adapt counts as a zero update there. The adapters must be plain LoRA
     adapters for the same agents and prompt format on the same base.
     """
     from safetensors.torch import save_file
@@ -38,6 +38,8 @@ def average_adapters(adapters: Sequence[Path], out: Path, val_rows: Sequence[Row
     adapters = [Path(a) for a in adapters]
     if len(adapters) < 2:
         raise ShopRouterError("averaging needs at least two adapters")
+    if not val_rows:
+        raise ShopRouterError("no validation rows to calibrate the average on")
     if dtype not in STORE_DTYPES:
         raise ShopRouterError(f"unknown storage dtype {dtype!r}; use {' or '.join(STORE_DTYPES)}")
     if rank is not None and rank < 1:
