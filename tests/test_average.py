@@ -61,6 +61,8 @@ def test_average_is_calibrated_and_routes(averaged, tiny_adapter, other_adapter)
     assert meta["calibration"]["rows"] == 18
     assert 0.05 <= meta["temperature"] <= 20 and meta["temperature"] != 1.0
     assert [m["adapter"] for m in meta["averaged_from"]] == [str(tiny_adapter[0]), str(other_adapter)]
+    assert [m["train_config"]["r"] for m in meta["averaged_from"]] == [16, 4]
+    assert "train_config" not in meta and "train_rows" not in meta  # each input's record, not the first's
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 16 + 4
     router = LoraRouter(adapter=out)
     assert router.temperature == meta["temperature"]

@@ -18,6 +18,7 @@ from .lora import META_FILE, LoraRouter, adapter_error, read_lora, read_meta
 from .rows import Row
 
 STORE_DTYPES = ("float32", "bfloat16")
+_RECORD = ("train_config", "train_steps", "train_rows", "temperature", "resumed_from", "averaged_from")
 _KEY = "base_model.model.model.{}.lora_{}.weight"  # PEFT's name for a decoder weight's factor A or B
 
 
@@ -62,7 +63,7 @@ def average_adapters(adapters: Sequence[Path], out: Path, val_rows: Sequence[Row
             raise ShopRouterError(f"adapter {a} is not a plain LoRA adapter (DoRA, biases, other layers …); "
                                   "only plain ones can be averaged")
         loras.append(lora)
-    ranks = [next(iter(lora.factors.values()))[0].shape[0] for lora in loras]
+    ranks = [lora.rank for lora in loras]
     r = min(sum(ranks), rank or sum(ranks))
     names = sorted(set().union(*(lora.factors for lora in loras)))
     tensors: dict[str, torch.Tensor] = {}
@@ -95,9 +96,9 @@ def average_adapters(adapters: Sequence[Path], out: Path, val_rows: Sequence[Row
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    meta = {k: v for k, v in metas[0].items() if k not in ("train_config", "train_steps", "temperature")}
-    meta["averaged_from"] = [{"adapter": str(a), "train_config": m.get("train_config"),
-                              "train_steps": m.get("train_steps"), "temperature": m.get("temperature")}
+    # what the inputs share (checked above); each input's own training record goes under averaged_from
+    meta = {k: metas[0][k] for k in ("prompt_version", "base", "agents") if k in metas[0]}
+    meta["averaged_from"] = [{"adapter": str(a), **{k: m[k] for k in _RECORD if k in m}}
                              for a, m in zip(adapters, metas, strict=True)]
     meta["averaged_rank"] = {"sum": sum(ranks), "kept": r, "stored_as": dtype}
     meta["temperature"] = 1.0  # until calibrated, next
@@ -125,13 +126,8 @@ def calibrate(adapter: Path, rows: Sequence[Row], batch_size: int = 32) -> dict:
     router = LoraRouter(adapter=adapter, temperature=1.0, batch_size=batch_size)
     engine = router.engine
     labels = engine.tree.labels
-    logps = []
-    with torch.inference_mode():
-        for i in range(0, len(rows), batch_size):
-            encoded = [engine.encode(r.text, r.history) for r in rows[i:i + batch_size]]
-            logits, points = engine.point_logits(encoded)
-            logps.append(engine.label_log_probs(logits.float(), points))
-    logp = torch.cat(logps)
+    logp = torch.cat([engine.log_probs([engine.encode(r.text, r.history) for r in rows[i:i + batch_size]])
+                      for i in range(0, len(rows), batch_size)])
     gold = torch.tensor([labels.index(r.label) for r in rows])
     temperature = fit_temperature(logp, gold)
     meta_path = adapter / META_FILE

@@ -114,6 +114,7 @@ class LoraWeights:
 
     factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (A [r, in], B [out, r])
     scale: float
+    rank: int  # r, the rows of every A
 
     def merged(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         """`weight` with its LoRA update added (in float32, then back to its dtype, as PEFT's merge does)."""
@@ -154,7 +155,7 @@ def read_lora(adapter: Path) -> LoraWeights | None:
         return None
     r = int(cfg["r"])
     scale = float(cfg["lora_alpha"]) / (math.sqrt(r) if cfg.get("use_rslora") else r)
-    return LoraWeights(AdapterFactors(adapter, ckpt, {k: (v["A"], v["B"]) for k, v in parts.items()}), scale)
+    return LoraWeights(AdapterFactors(adapter, ckpt, {k: (v["A"], v["B"]) for k, v in parts.items()}), scale, r)
 
 
 def lean_runtime(where: Path, lora: LoraWeights, dtype: str, quantize: str | None = None,

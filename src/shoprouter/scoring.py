@@ -287,11 +287,15 @@ class Engine:
                 out[:, lb] += logp[idx, child]
         return torch.log_softmax(out / temperature, dim=-1)
 
-    def score(self, encoded: Sequence[Encoded], temperature: float = 1.0) -> torch.Tensor:
-        """Probability of every label for every message, [B, n_labels] (rows sum to 1)."""
+    def log_probs(self, encoded: Sequence[Encoded], temperature: float = 1.0) -> torch.Tensor:
+        """Log-probability of every label for every message, [B, n_labels], from one forward pass."""
         with torch.inference_mode():
             logits, rows = self.point_logits(encoded)
-            return self.label_log_probs(logits.float(), rows, temperature).exp()
+            return self.label_log_probs(logits.float(), rows, temperature)
+
+    def score(self, encoded: Sequence[Encoded], temperature: float = 1.0) -> torch.Tensor:
+        """Probability of every label for every message, [B, n_labels] (rows sum to 1)."""
+        return self.log_probs(encoded, temperature).exp()
 
 
 @functools.lru_cache(maxsize=8)
