@@ -5,7 +5,8 @@
 
 Reads /proc/self/status (Linux): VmRSS (resident now), VmHWM (peak so far), RssAnon (heap and other private
 memory), RssFile (mapped files: libraries). Messages come from the realistic dev set (or `--data`), routed
-one at a time as a service would, or in batches (`--batch-size`, as `route_batch` does: length-bucketed).
+one at a time as a service would, or in batches (`--batch-size`, as `route_batch` does: length-bucketed, in
+forwards of at most `--batch-tokens` suffix tokens).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def main() -> None:
     ap.add_argument("--quantize", choices=["auto", "int8", "none"], default="auto",
                     help="the router's quantize option (default auto: int8 on x86; none: bf16/float)")
     ap.add_argument("--batch-size", type=int, default=1, help="messages per call (default 1: one at a time)")
+    ap.add_argument("--batch-tokens", type=int, default=None,
+                    help="the router's batch_tokens: suffix tokens per forward (default: the router's own)")
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "realistic_dev.jsonl",
                     help="JSONL rows to route (default: the realistic dev set)")
     ap.add_argument("--json", action="store_true")
@@ -45,6 +48,7 @@ def main() -> None:
     mark("import torch")
     from shoprouter.agents import default_registry
     from shoprouter.lora import (
+        BATCH_TOKENS,
         PAD_TO,
         lean_runtime,
         length_buckets,
@@ -79,14 +83,15 @@ def main() -> None:
         engine.prefix_cache()
     mark("prefix cache")
     rows = read_rows(args.data)
+    budget = BATCH_TOKENS if args.batch_tokens is None else args.batch_tokens
     how = f"one at a time, pad_to={engine.pad_multiple}" if args.batch_size == 1 else \
-        f"in batches of {args.batch_size}, pad_to={engine.pad_multiple}"
+        f"in batches of {args.batch_size}, pad_to={engine.pad_multiple}, {budget} tokens"
     checkpoints = {50, 200, args.messages} if args.batch_size == 1 else \
         {*range(512, args.messages + 1, 512), args.messages}
     for start in range(0, args.messages, args.batch_size):
         chunk = [rows[i % len(rows)] for i in range(start, min(start + args.batch_size, args.messages))]
         encoded = [engine.encode(row.text, row.history) for row in chunk]
-        for bucket in length_buckets([len(e.ids) for e in encoded], args.batch_size):
+        for bucket in length_buckets([len(e.ids) for e in encoded], args.batch_size, max_tokens=budget):
             engine.score([encoded[i] for i in bucket])
         if len(chunk) > 1:
             release_freed_memory()  # as LoraRouter.scores_batch does after a batch

@@ -190,6 +190,17 @@ def test_length_buckets_group_similar_lengths():
         assert max(lengths[i] for i in b) <= min(lengths[i] for i in b) * 1.25 + 4
 
 
+def test_length_buckets_keep_within_a_token_budget():
+    from shoprouter.lora import length_buckets
+
+    lengths = [5, 80, 6, 7, 81, 40, 5, 300, 6, 6]
+    buckets = length_buckets(lengths, max_size=32, max_tokens=20)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    for b in buckets:  # a message longer than the budget is a bucket of its own
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 20
+    assert len(length_buckets(lengths, max_size=32)) < len(buckets)
+
+
 def test_temperature_changes_confidence_not_decision(tiny_engine):
     enc = [tiny_engine.encode(t) for t in ("where is my order", "tell me a joke", "my card")]
     cold, hot = tiny_engine.score(enc, 0.5), tiny_engine.score(enc, 3.0)

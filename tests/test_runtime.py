@@ -223,6 +223,34 @@ def test_padding_the_suffix_changes_no_score(tiny_adapter, tiny_base):
         LoraRouter(adapter=out, base=str(tiny_base), pad_to=0)
 
 
+def test_batch_token_cap_splits_forwards_and_changes_no_score(tiny_adapter, tiny_base):
+    out, _ = tiny_adapter
+    texts = ["where is my order", "my card was declined twice and the app crashed", "tell me a joke", "refund",
+             "the parcel says delivered but it is not here and the neighbours have not seen it", "hi"]
+    ref = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", quantize=None, pad_to=1,
+                     batch_tokens=10_000).route_batch(texts)
+    cap = 24
+    router = LoraRouter(adapter=out, base=str(tiny_base), dtype="float32", quantize=None, pad_to=1, batch_tokens=cap)
+    shapes = []
+    hidden_at = router.engine._runtime.hidden_at
+
+    def recording(ids, *args, **kwargs):
+        shapes.append(tuple(ids.shape))
+        return hidden_at(ids, *args, **kwargs)
+
+    router.engine._runtime.hidden_at = recording
+    got = router.route_batch(texts)
+    probe = max(len(p) for p in router.engine.tree.probes)
+    assert len(shapes) > 1 and sum(rows for rows, _ in shapes) == len(texts)
+    assert all(rows == 1 or rows * (width - probe) <= cap for rows, width in shapes)
+    for a, b in zip(ref, got, strict=True):
+        assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-5
+    from shoprouter.errors import ShopRouterError
+
+    with pytest.raises(ShopRouterError, match="batch_tokens"):
+        LoraRouter(adapter=out, base=str(tiny_base), batch_tokens=0)
+
+
 def test_smoothing_folds_exactly(monkeypatch):
     """SmoothQuant's rescaling alone (no int8) must not change the forward: 1/s folded into the norms, the up
     rows and the value rows, s into the weight columns."""

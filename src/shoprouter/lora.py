@@ -30,6 +30,14 @@ META_FILE = "router.json"  # registry, prompt format, calibration: written next 
 # batches unchanged), for ~10-30 MB more kernels and buffers after 400 messages (scripts/memory_profile.py).
 # Measured before the runtime packed the real tokens; since then padding costs attention only.
 PAD_TO = 8
+# route_batch runs a batch in forwards of at most this many suffix tokens (rows x longest row). A forward's
+# working memory grows with its tokens (activations, and the heap they leave behind until the batch ends):
+# 32 long messages at once took the router from ~440 to ~600 MB. Peak over 2,048 messages in batches of 32
+# (`python scripts/memory_profile.py --batch-size 32 --messages 2048 [--data gen/test.jsonl] --batch-tokens N`),
+# test split / realistic set: no cap 560 / 598, 256 tokens ~519 / 527, 160: 499 / 495, 128: 483 / 489, 96: 475 /
+# 476. Throughput on ~20-token messages (one process, medians of 5 passes): 1 message 34 msgs/s, 6 at once
+# 61, 8 62.5, 16 65, 32 70, so a forward of ~6 messages keeps the int8 matmuls nearly as busy as 32 do.
+BATCH_TOKENS = 128
 PROMPT_VERSION = 3  # 2: function markers as single reserved tokens (prompt.marker_ids); 3: compact answer turns
 
 
@@ -243,12 +251,18 @@ def _embedding_rows(base: str | None, dtype: str):
     return embedding_rows(where, "model.embed_tokens.weight") if isinstance(where, Path) else None
 
 
-def length_buckets(lengths: Sequence[int], max_size: int, slack: float = 1.25) -> list[list[int]]:
-    """Indices grouped by similar length (at most max_size each), so padding stays small in a batch."""
+def length_buckets(lengths: Sequence[int], max_size: int, slack: float = 1.25,
+                   max_tokens: int | None = None) -> list[list[int]]:
+    """Indices grouped by similar length (at most max_size each), so padding stays small in a batch.
+
+    `max_tokens`: a bucket also closes before its size times its longest length would pass this many tokens,
+    so that long messages go in smaller batches and a forward's working memory stays bounded (a single
+    message longer than that is a bucket of its own)."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     buckets: list[list[int]] = []
     for i in order:
-        if buckets and len(buckets[-1]) < max_size and lengths[i] <= lengths[buckets[-1][0]] * slack + 4:
+        if (buckets and len(buckets[-1]) < max_size and lengths[i] <= lengths[buckets[-1][0]] * slack + 4
+                and (max_tokens is None or (len(buckets[-1]) + 1) * lengths[i] <= max_tokens)):
             buckets[-1].append(i)
         else:
             buckets.append([i])
@@ -267,7 +281,8 @@ class LoraRouter(Router):
     def __init__(self, adapter: str | Path | None = None, registry: Registry | None = None, base: str | None = None,
                  clarify_threshold: float = DEFAULT_CLARIFY_THRESHOLD, temperature: float | None = None,
                  batch_size: int = 32, threads: int | None = None, quantize: str | None = "auto",
-                 dtype: str | None = "auto", forward: str = "lean", pad_to: int = PAD_TO):
+                 dtype: str | None = "auto", forward: str = "lean", pad_to: int = PAD_TO,
+                 batch_tokens: int = BATCH_TOKENS):
         from .model import resolve_dtype, unfragmented_loading
         from .scoring import Engine
 
@@ -290,6 +305,9 @@ class LoraRouter(Router):
             raise ShopRouterError(f"unknown forward {forward!r}; use 'lean' (runtime.py) or 'hf' (transformers)")
         if not isinstance(pad_to, int) or not 1 <= pad_to <= 64:
             raise ShopRouterError(f"pad_to must be a whole number from 1 to 64, got {pad_to!r}")
+        if not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool) or batch_tokens < 1:
+            raise ShopRouterError(f"batch_tokens must be a whole number of at least 1, got {batch_tokens!r}")
+        self.batch_tokens = batch_tokens
         quantize = resolve_quantize(quantize, forward)
         self.quantize = quantize
         self.forward = forward
@@ -330,7 +348,7 @@ class LoraRouter(Router):
         encoded = [self.engine.encode(t, h) for t, h in zip(texts, histories, strict=True)]
         out: list[dict[str, float]] = [{} for _ in encoded]
         labels = self.engine.tree.labels
-        for chunk in length_buckets([len(e.ids) for e in encoded], self.batch_size):
+        for chunk in length_buckets([len(e.ids) for e in encoded], self.batch_size, max_tokens=self.batch_tokens):
             probs = self.engine.score([encoded[i] for i in chunk], self.temperature).tolist()
             for i, row in zip(chunk, probs, strict=True):
                 out[i] = dict(zip(labels, row, strict=True))

@@ -218,9 +218,9 @@ class SuffixDecoder:
         (`layers.0.self_attn.q_proj.weight`, `norm.weight`, ...); `embedding`: the token-embedding table,
         anything indexed as `embedding[ids]` (e.g. `model.FileRows`, rows read from disk on lookup, so the
         262,144-row table is not kept in memory); rows are cast to the hidden states' dtype on lookup.
-        `quantize="int8"`: the weight matmuls in int8 (`Int8Linear`); attention stays in `dtype`; the hidden
-        states between matmuls are float32, the int8 kernels' own input and output dtype, so no conversion
-        surrounds each matmul. int8 needs `calibration`, token ids (the declarations prefix) run through each
+        `quantize="int8"`: the weight matmuls in int8 (`Int8Linear`); the hidden states between matmuls and
+        attention are float32, the int8 kernels' own input and output dtype, so no conversion surrounds each
+        matmul. int8 needs `calibration`, token ids (the declarations prefix) run through each
         layer in `dtype` as it is built: their largest activation per channel sets SmoothQuant scales, folded
         exactly into the preceding norm, up or value projection, before the layer's weights are quantised.
         Use `from_module` or `from_checkpoint`.
@@ -233,7 +233,8 @@ class SuffixDecoder:
         self.groups = self.n_heads // self.n_kv  # query heads per key/value head
         self.head_dim, self.eps = cfg.head_dim, cfg.rms_norm_eps
         self.scaling = cfg.query_pre_attn_scalar ** -0.5
-        self.dtype = self.act = dtype  # attention / hidden states between matmuls (float32 with int8, below)
+        self.dtype = self.act = dtype  # weights / hidden states between matmuls (float32 with int8, below)
+        self.attn = dtype  # attention's matmuls (float32 with int8, below)
         self.embed = embedding
         self.embed_scale = embed_scale
         self.intermediate = cfg.intermediate_size
@@ -268,7 +269,10 @@ class SuffixDecoder:
             self.layers.append(layer)
         self.final_norm = _norm_weight(tensor("norm.weight"))
         if quantize:
-            self.act = torch.float32
+            # the int8 kernels take and give float32; attention too, once calibrated: oneDNN compiles and keeps
+            # a kernel for every shape of a bf16 matmul (a batch's rows x length: ~65 MB over 2,048 messages in
+            # batches, scripts/memory_profile.py), float32 matmuls need none and were as fast here
+            self.act = self.attn = torch.float32
 
     def _quantize_layer(self, layer: Layer, x: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
         """Run the calibration hidden states `x` through `layer` (in `dtype`), smooth and quantise its four
@@ -374,19 +378,34 @@ class SuffixDecoder:
                mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, only: torch.Tensor | None = None,
                packing: _Packing | None = None):
         """One decoder layer on x [B, L, hidden], or on the real tokens [N, hidden] given `packing`; `only`:
-        flat token indices to keep after attention (the last layer: the rest is per token)."""
+        flat token indices to keep after attention (the last layer: the rest is per token).
+
+        Attention and MLP are separate calls so that each one's temporaries are freed when it returns: a
+        batch's working memory is the larger of the two, not their sum (~3x less per token)."""
+        out, kv = self._attention(w, _rms(x, w.input_norm, self.eps), prefix, mask, cos, sin, packing)
+        if only is not None:  # last layer: the rest is per token, so keep just the tokens asked for
+            x, out = x.reshape(-1, x.shape[-1])[only], out.reshape(-1, out.shape[-1])[only]
+        x = x + _rms(w.o(out), w.post_attn_norm, self.eps)
+        del out
+        x = x + _rms(self._mlp(w, _rms(x, w.pre_ff_norm, self.eps)), w.post_ff_norm, self.eps)
+        return x, kv
+
+    def _attention(self, w: Layer, h: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor] | None,
+                   mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, packing: _Packing | None):
+        """Self-attention of the normed hidden states `h` (on the prefix, when given): the heads' output
+        before the o projection, in `h`'s layout, and this call's keys and values [B, n_kv, L, hd]."""
         nh, nkv, hd, g = self.n_heads, self.n_kv, self.head_dim, self.groups
-        h = _rms(x, w.input_norm, self.eps)
         qkv = w.qkv(h)
+        del h
         if packing is not None:
             qkv = packing.pad(qkv)
         B, L, _ = qkv.shape
         # queries and keys normed and rotated together (each head over its own head_dim), fewer small ops
         qk = qkv[..., : (nh + nkv) * hd].view(B, L, nh + nkv, hd)
         qk = (F.rms_norm(qk.float(), (hd,), None, self.eps) * w.qk_norm).to(qk.dtype)
-        qk = _rope(qk, cos[:, None], sin[:, None]).to(self.dtype)
+        qk = _rope(qk, cos[:, None], sin[:, None]).to(self.attn)
         q, k = qk[:, :, :nh], qk[:, :, nh:]
-        v = qkv[..., (nh + nkv) * hd:].view(B, L, nkv, hd).to(self.dtype)
+        v = qkv[..., (nh + nkv) * hd:].view(B, L, nkv, hd).to(self.attn)
         # queries grouped under their key/value head: [B, n_kv, g * L, hd], no copy of keys/values per head
         q = q.view(B, L, nkv, g, hd).permute(0, 2, 3, 1, 4).reshape(B, nkv, g * L, hd)
         k = k.transpose(1, 2)  # [B, n_kv, L, hd]
@@ -396,24 +415,28 @@ class SuffixDecoder:
             pk_t, pv = prefix  # shared by the whole batch: one matmul for every row; keys stored transposed
             sp = q.transpose(0, 1).reshape(nkv, B * g * L, hd) @ pk_t
             scores = torch.cat([sp.view(nkv, B, g * L, -1).transpose(0, 1), scores], dim=-1)
+            del sp
         # scores in the attention dtype and softmax in float32, as the Hugging Face eager attention does
-        probs = torch.softmax(scores + mask, dim=-1, dtype=torch.float32).to(self.dtype)
-        P = scores.shape[-1] - L
+        probs = torch.softmax(scores.add_(mask), dim=-1, dtype=torch.float32).to(self.attn)
+        del scores, q
+        P = probs.shape[-1] - L
         out = probs[..., P:] @ v
         if prefix is not None:
             pp = probs[..., :P].transpose(0, 1).reshape(nkv, B * g * L, P)
             out = out + (pp @ pv).view(nkv, B, g * L, hd).transpose(0, 1)
+        del probs
         out = out.view(B, nkv, g, L, hd).permute(0, 3, 1, 2, 4).reshape(B, L, nh * hd).to(self.act)
         if packing is not None:
             out = packing.pack(out)
-        if only is not None:  # last layer: the rest is per token, so keep just the tokens asked for
-            x, out = x.reshape(-1, x.shape[-1])[only], out.reshape(-1, out.shape[-1])[only]
-        x = x + _rms(w.o(out), w.post_attn_norm, self.eps)
-        gu = w.gate_up(_rms(x, w.pre_ff_norm, self.eps))
-        gate, up = gu[..., : self.intermediate], gu[..., self.intermediate:]
-        ff = w.down(F.gelu(gate, approximate="tanh") * up)
-        x = x + _rms(ff, w.post_ff_norm, self.eps)
-        return x, (k, v)
+        return out, (k, v)
+
+    def _mlp(self, w: Layer, h: torch.Tensor) -> torch.Tensor:
+        """Gemma's gated MLP on the normed hidden states `h`: down(gelu_tanh(gate) * up)."""
+        gu = w.gate_up(h)
+        del h
+        act = F.gelu(gu[..., : self.intermediate], approximate="tanh").mul_(gu[..., self.intermediate:])
+        del gu
+        return w.down(act)
 
 
 def _norm_weight(weight: torch.Tensor) -> torch.Tensor:
