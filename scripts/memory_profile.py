@@ -49,7 +49,7 @@ def main() -> None:
     from shoprouter.agents import default_registry
     from shoprouter.lora import (
         BATCH_TOKENS,
-        PAD_TO,
+        default_pad_to,
         lean_runtime,
         length_buckets,
         read_lora,
@@ -79,7 +79,7 @@ def main() -> None:
              f"{'smoothed, calibrated' if quantize else 'prepacked'})")
         engine.set_runtime(*built)
         del built
-        engine.pad_multiple = PAD_TO if args.pad_to is None else args.pad_to
+        engine.pad_multiple = default_pad_to(engine) if args.pad_to is None else args.pad_to
         engine.prefix_cache()
     mark("prefix cache")
     rows = read_rows(args.data)

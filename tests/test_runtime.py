@@ -223,6 +223,17 @@ def test_padding_the_suffix_changes_no_score(tiny_adapter, tiny_base):
         LoraRouter(adapter=out, base=str(tiny_base), pad_to=0)
 
 
+def test_only_bf16_attention_pads_by_default(tiny_adapter, tiny_base):
+    from shoprouter.lora import PAD_TO
+
+    out, _ = tiny_adapter
+    int8 = LoraRouter(adapter=out, base=str(tiny_base), quantize="int8")
+    assert int8.engine.attention_dtype == torch.float32 and int8.engine.pad_multiple == 1
+    bf16 = LoraRouter(adapter=out, base=str(tiny_base), quantize=None, dtype="bfloat16")
+    assert bf16.engine.attention_dtype == torch.bfloat16 and bf16.engine.pad_multiple == PAD_TO
+    assert LoraRouter(adapter=out, base=str(tiny_base), quantize="int8", pad_to=4).engine.pad_multiple == 4
+
+
 def test_batch_token_cap_splits_forwards_and_changes_no_score(tiny_adapter, tiny_base):
     out, _ = tiny_adapter
     texts = ["where is my order", "my card was declined twice and the app crashed", "tell me a joke", "refund",

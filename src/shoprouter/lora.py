@@ -20,16 +20,23 @@ from .rows import Turn
 from .runtime import QUANTIZATIONS
 
 META_FILE = "router.json"  # registry, prompt format, calibration: written next to the adapter weights
-# A single message's suffix, and in the lean runtime every batch, is right-padded to a multiple of this many
-# tokens: oneDNN keeps compiled kernels and buffers for every input shape it meets, so a long-running router
-# otherwise grows by ~250 MB over its first few hundred message lengths (`shoprouter bench --routers
-# lora,lora:pad_to=1` measures both ways), and without padded batches by ~370 MB over 2,048 test-split
-# messages in batches of 32 (`python scripts/memory_profile.py
-# --batch-size 32 --messages 2048 --data gen/test.jsonl` measures the padded way).
-# 8 rather than 16: fewer padding tokens per message (in an ad-hoc interleaved A/B, single-message p50 -7 %,
-# batches unchanged), for ~10-30 MB more kernels and buffers after 400 messages (scripts/memory_profile.py).
-# Measured before the runtime packed the real tokens; since then padding costs attention only.
+# Where attention runs in bf16 (the bf16 router, the transformers forward), a single message's suffix, and
+# in the lean runtime every batch, is right-padded to a multiple of this many tokens: oneDNN keeps compiled
+# kernels and buffers for every input shape of a bf16 matmul, so a long-running router otherwise grows by
+# ~250 MB over its first few hundred message lengths, and without padded batches by ~370 MB over 2,048
+# test-split messages in batches of 32 (`python scripts/memory_profile.py [--quantize none] [--pad-to 1]`).
+# 8 rather than 16: fewer padding tokens per message (single-message p50 -7 % in an ad-hoc A/B) for ~10-30 MB
+# more kernels. Where attention runs in float32 (the default int8 router) no kernel is kept per shape, so
+# nothing is padded (PAD_TO_FLOAT32): in an interleaved A/B in one process, single messages took 46.1 ms
+# against 48.9 padded to 8 (medians of 4 x 60 realistic messages, a slow stretch of this VM), and 400
+# messages left the router at 452 MB against 449.
 PAD_TO = 8
+PAD_TO_FLOAT32 = 1
+
+
+def default_pad_to(engine) -> int:
+    """The padding multiple a router on `engine` uses unless told otherwise (see PAD_TO)."""
+    return PAD_TO_FLOAT32 if engine.attention_dtype == torch.float32 else PAD_TO
 # route_batch runs a batch in forwards of at most this many suffix tokens (rows x longest row). A forward's
 # working memory grows with its tokens (activations, and the heap they leave behind until the batch ends):
 # 32 long messages at once took the router from ~440 to ~600 MB. Peak over 2,048 messages in batches of 32
@@ -281,7 +288,7 @@ class LoraRouter(Router):
     def __init__(self, adapter: str | Path | None = None, registry: Registry | None = None, base: str | None = None,
                  clarify_threshold: float = DEFAULT_CLARIFY_THRESHOLD, temperature: float | None = None,
                  batch_size: int = 32, threads: int | None = None, quantize: str | None = "auto",
-                 dtype: str | None = "auto", forward: str = "lean", pad_to: int = PAD_TO,
+                 dtype: str | None = "auto", forward: str = "lean", pad_to: int | None = None,
                  batch_tokens: int = BATCH_TOKENS):
         from .model import resolve_dtype, unfragmented_loading
         from .scoring import Engine
@@ -303,7 +310,7 @@ class LoraRouter(Router):
         self.dtype = resolve_dtype(dtype)
         if forward not in ("lean", "hf"):
             raise ShopRouterError(f"unknown forward {forward!r}; use 'lean' (runtime.py) or 'hf' (transformers)")
-        if not isinstance(pad_to, int) or not 1 <= pad_to <= 64:
+        if pad_to is not None and (not isinstance(pad_to, int) or not 1 <= pad_to <= 64):
             raise ShopRouterError(f"pad_to must be a whole number from 1 to 64, got {pad_to!r}")
         if not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool) or batch_tokens < 1:
             raise ShopRouterError(f"batch_tokens must be a whole number of at least 1, got {batch_tokens!r}")
@@ -322,7 +329,7 @@ class LoraRouter(Router):
                     self.engine.use_runtime(_embedding_rows(base, self.dtype), quantize)
                 else:  # int8 in the transformers forward: torch.ao dynamic quantisation of its linear layers
                     compact_for_inference(self.engine, quantize)
-            self.engine.pad_multiple = pad_to
+            self.engine.pad_multiple = default_pad_to(self.engine) if pad_to is None else pad_to
             self.engine.prefix_cache()  # encode the declarations once, now
 
     def _lean_engine(self, base: str | None, adapter: Path, registry: Registry, quantize: str | None = None):

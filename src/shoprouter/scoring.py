@@ -121,6 +121,13 @@ class Engine:
 
     # ---- model --------------------------------------------------------------------------------
     @property
+    def attention_dtype(self) -> torch.dtype:
+        """The dtype attention's matmuls run in (the lean runtime's, else the model's)."""
+        if self._runtime is not None:
+            return self._runtime.attn
+        return next(self.model.parameters()).dtype
+
+    @property
     def device(self) -> torch.device:
         return torch.device("cpu") if self._runtime is not None else next(self.model.parameters()).device
 
