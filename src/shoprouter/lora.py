@@ -33,19 +33,21 @@ META_FILE = "router.json"  # registry, prompt format, calibration: written next 
 PAD_TO = 8
 PAD_TO_FLOAT32 = 1
 
-
-def default_pad_to(engine) -> int:
-    """The padding multiple a router on `engine` uses unless told otherwise (see PAD_TO)."""
-    return PAD_TO_FLOAT32 if engine.attention_dtype == torch.float32 else PAD_TO
 # route_batch runs a batch in forwards of at most this many suffix tokens (rows x longest row). A forward's
 # working memory grows with its tokens (activations, and the heap they leave behind until the batch ends):
 # 32 long messages at once took the router from ~440 to ~600 MB. Peak over 2,048 messages in batches of 32
 # (`python scripts/memory_profile.py --batch-size 32 --messages 2048 [--data gen/test.jsonl] --batch-tokens N`),
-# test split / realistic set: no cap 560 / 598, 256 tokens ~519 / 527, 160: 499 / 495, 128: 483 / 489, 96: 475 /
-# 476. Throughput on ~20-token messages (one process, medians of 5 passes): 1 message 34 msgs/s, 6 at once
-# 61, 8 62.5, 16 65, 32 70, so a forward of ~6 messages keeps the int8 matmuls nearly as busy as 32 do.
+# test split / realistic set, suffixes padded to 8: no cap 560 / 598, 256 tokens ~519 / 527, 160: 499 / 495,
+# 128: 483 / 489, 96: 475 / 476 (128 unpadded: 475 on the test split, the load's own peak). Throughput on
+# ~20-token messages (one process, medians of 5 passes): 1 message 34 msgs/s, 6 at once 61, 8 62.5, 16 65,
+# 32 70; in `bench`, forwards of 128 tokens cost ~10-25 % of batched throughput (README, Speed and memory).
 BATCH_TOKENS = 128
 PROMPT_VERSION = 3  # 2: function markers as single reserved tokens (prompt.marker_ids); 3: compact answer turns
+
+
+def default_pad_to(engine) -> int:
+    """The padding multiple a router on `engine` uses unless told otherwise (see PAD_TO)."""
+    return PAD_TO_FLOAT32 if engine.attention_dtype == torch.float32 else PAD_TO
 
 
 def shipped_adapter() -> Path:
