@@ -124,10 +124,8 @@ def calibrate(adapter: Path, rows: Sequence[Row], batch_size: int = 32) -> dict:
         raise ShopRouterError("no validation rows to calibrate on")
     adapter = Path(adapter)
     router = LoraRouter(adapter=adapter, temperature=1.0, batch_size=batch_size)
-    engine = router.engine
-    labels = engine.tree.labels
-    logp = torch.cat([engine.log_probs([engine.encode(r.text, r.history) for r in rows[i:i + batch_size]])
-                      for i in range(0, len(rows), batch_size)])
+    labels = router.engine.tree.labels
+    logp = router.log_probs([r.text for r in rows], [r.history for r in rows])
     gold = torch.tensor([labels.index(r.label) for r in rows])
     temperature = fit_temperature(logp, gold)
     meta_path = adapter / META_FILE

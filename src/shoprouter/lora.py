@@ -353,16 +353,19 @@ class LoraRouter(Router):
         release_freed_memory()
         return engine
 
-    def scores_batch(self, texts: Sequence[str], histories: Sequence[Sequence[Turn]]) -> list[dict[str, float]]:
+    def log_probs(self, texts: Sequence[str], histories: Sequence[Sequence[Turn]]) -> torch.Tensor:
+        """Log-probability of every label for each message at the router's temperature, [n, n_labels]: length
+        buckets of at most `batch_size` messages and `batch_tokens` suffix tokens, one forward each."""
         encoded = [self.engine.encode(t, h) for t, h in zip(texts, histories, strict=True)]
-        out: list[dict[str, float]] = [{} for _ in encoded]
-        labels = self.engine.tree.labels
+        out = torch.empty(len(encoded), len(self.engine.tree.labels))
         for chunk in length_buckets([len(e.ids) for e in encoded], self.batch_size, max_tokens=self.batch_tokens):
-            probs = self.engine.score([encoded[i] for i in chunk], self.temperature).tolist()
-            for i, row in zip(chunk, probs, strict=True):
-                out[i] = dict(zip(labels, row, strict=True))
+            out[chunk] = self.engine.log_probs([encoded[i] for i in chunk], self.temperature)
         if len(encoded) > 1:
             # a batch's activations are tens of MB, freed all over the heap, which glibc keeps: ~+150 MB over
             # 2,048 messages in batches of 32, otherwise (scripts/memory_profile.py --batch-size 32)
             release_freed_memory()
         return out
+
+    def scores_batch(self, texts: Sequence[str], histories: Sequence[Sequence[Turn]]) -> list[dict[str, float]]:
+        labels = self.engine.tree.labels
+        return [dict(zip(labels, row, strict=True)) for row in self.log_probs(texts, histories).exp().tolist()]
