@@ -31,33 +31,16 @@ from shoprouter.train import TrainConfig, train
 
 from .conftest import small_rows
 from .service_support import copy_shop, shop_db_path  # noqa: F401
+from .tiny import make_tiny_base
 
 KEY = "sr_feedback-loop-key-0123456789abcdef"
 H = {"authorization": f"Bearer {KEY}"}
 AGENTS = ["order", "search", "details", "returns", "account", "payment", "technical"]
 
 
-def make_learnable_tiny_base(directory, seed: int = 0, std: float = 0.2):
-    """tests/tiny.py's 2-layer Gemma 3 (real tokenizer), initialised with a larger std."""
-    import torch
-    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
-
-    from shoprouter.model import resolve_base
-
-    tok = AutoTokenizer.from_pretrained(str(resolve_base()))
-    torch.manual_seed(seed)
-    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=512,
-                           layer_types=["sliding_attention", "full_attention"], max_position_embeddings=2048,
-                           pad_token_id=0, bos_token_id=2, eos_token_id=1, initializer_range=std)
-    Gemma3ForCausalLM(cfg).save_pretrained(directory)
-    tok.save_pretrained(directory)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    base = make_learnable_tiny_base(tmp_path_factory.mktemp("tiny-base"))
+    base = make_tiny_base(tmp_path_factory.mktemp("tiny-base"), std=0.2)
     data = tmp_path_factory.mktemp("tiny-data")
     rows = small_rows()
     random.Random(0).shuffle(rows)

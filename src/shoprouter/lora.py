@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .agents import Agent, Registry, default_registry
+from .agents import Agent, Registry
 from .errors import ShopRouterError
 from .model import LORA_LAYERS, Checkpoint, release_freed_memory
 from .router import DEFAULT_CLARIFY_THRESHOLD, Router
@@ -80,7 +80,28 @@ def adapter_error(adapter: Path, exc: Exception) -> ShopRouterError:
 
 
 def registry_from_meta(meta: dict) -> Registry:
-    return Registry(tuple(Agent(a["key"], a["description"], tuple(a.get("keywords", ()))) for a in meta["agents"]))
+    """The agent registry recorded in an adapter's metadata (or a training log), ShopRouterError if it has none."""
+    try:
+        return Registry(tuple(Agent(a["key"], a["description"], tuple(a.get("keywords", ())))
+                              for a in meta["agents"]))
+    except (KeyError, TypeError):
+        raise ShopRouterError("adapter metadata has no valid agent registry ('agents')") from None
+
+
+def check_registry(adapter: Path, trained: Registry, registry: Registry | None) -> Registry:
+    """The registry to route `adapter` with: the one it was trained on (`router.json`). A `registry` given as
+    well must declare the same agents with the same descriptions (they are part of the prompt), else
+    ShopRouterError."""
+    if registry is None:
+        return trained
+    if trained.keys != registry.keys:
+        raise ShopRouterError(f"adapter {adapter} was trained for agents {trained.keys}, "
+                              f"but the registry has {registry.keys}")
+    changed = [a.key for a, b in zip(trained.agents, registry.agents, strict=True) if a.description != b.description]
+    if changed:
+        raise ShopRouterError(f"adapter {adapter} was trained with other descriptions of {', '.join(changed)} "
+                              "(they are part of the prompt): route with the adapter's own registry")
+    return registry
 
 
 def load_adapted_model(base: str | None, adapter: Path, merge: bool = True, dtype: str = "float32"):
@@ -297,11 +318,7 @@ class LoraRouter(Router):
 
         adapter = Path(adapter) if adapter else shipped_adapter()
         meta = read_meta(adapter)
-        trained = registry_from_meta(meta)
-        registry = registry or default_registry()
-        if trained.keys != registry.keys:
-            raise ShopRouterError(f"adapter {adapter} was trained for agents {trained.keys}, "
-                                  f"but the registry has {registry.keys}")
+        registry = check_registry(adapter, registry_from_meta(meta), registry)
         super().__init__(registry, clarify_threshold)
         if threads:
             torch.set_num_threads(threads)

@@ -20,7 +20,7 @@ import torch
 
 from .agents import Registry, default_registry
 from .errors import ShopRouterError
-from .lora import META_FILE, PROMPT_VERSION, read_meta
+from .lora import META_FILE, PROMPT_VERSION, check_registry, read_meta, registry_from_meta
 from .model import EMBEDDED, LORA_DEFAULTS, load_base, resolve_dtype
 from .rows import Row, read_rows
 from .scoring import Encoded, Engine
@@ -194,16 +194,26 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
     from peft import LoraConfig, PeftModel, get_peft_model
     from tqdm import tqdm
 
+    out_dir = Path(out_dir)
+    ckpt = out_dir / "checkpoint"
+    state = torch.load(ckpt / "state.pt", weights_only=False) if resume and (ckpt / "state.pt").is_file() else None
+    # the agents (and their descriptions, part of the prompt) of what is continued are the ones trained on
+    if state is not None and "agents" in state["log"]:
+        registry = check_registry(ckpt, registry_from_meta(state["log"]), registry)
+    elif resume_from is not None:
+        registry = check_registry(Path(resume_from), registry_from_meta(read_meta(Path(resume_from))), registry)
     registry = registry or default_registry()
     labels = registry.labels
     train_path, val_path = Path(data_dir) / "train.jsonl", Path(data_dir) / "val.jsonl"
     if not train_path.is_file():
         raise ShopRouterError(f"no train.jsonl in {data_dir}; run `shoprouter data generate --out {data_dir}`")
+    unknown = sorted({r.label for r in extra_rows or []} - set(labels))
+    if unknown:
+        raise ShopRouterError(f"extra rows have labels the registry does not know: {', '.join(unknown)}; "
+                              f"known: {', '.join(labels)}")
     train_rows = read_rows(train_path, labels) + list(extra_rows or [])
     val_rows = read_rows(val_path, labels) if val_path.is_file() else []
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = out_dir / "checkpoint"
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     device = _device()
@@ -215,7 +225,6 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
         model = PeftModel.from_pretrained(model, str(ckpt), is_trainable=True)
         cfg = _lora_config_of(model, cfg)
     elif resume_from is not None:
-        read_meta(Path(resume_from))
         model = PeftModel.from_pretrained(model, str(resume_from), is_trainable=True)
         cfg = _lora_config_of(model, cfg)
     else:
@@ -236,10 +245,9 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
     log = {"config": asdict(cfg), "n_train": len(enc_train), "n_val_scored": len(enc_val), "device": str(device), "dtype": dtype,
            "threads": torch.get_num_threads(), "trainable_params": sum(p.numel() for p in params),
            "prefix_tokens": len(engine.prefix_ids), "total_steps": total_steps, "steps": [], "epochs": [],
-           "elapsed_s": 0.0}
+           "elapsed_s": 0.0, "agents": registry.to_dict()["agents"]}
     step = 0
-    if resume and (ckpt / "state.pt").is_file():
-        state = torch.load(ckpt / "state.pt", weights_only=False)
+    if state is not None:
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         step, log = state["step"], state["log"]

@@ -126,9 +126,15 @@ def read_history_file(path: Path, labels: list[str]):
     return parse_history(raw, labels, f"{path}")
 
 
-def _labels() -> list[str]:
+def _labels(router: str, adapter: Path | None) -> list[str]:
+    """The labels that rows and history may carry: the adapter's agents for `lora` (read from its router.json,
+    before the model loads), the seven default agents for the baselines."""
     from ..agents import default_registry
 
+    if router == "lora":
+        from ..lora import read_meta, registry_from_meta, shipped_adapter
+
+        return registry_from_meta(read_meta(adapter or shipped_adapter())).labels
     return default_registry().labels
 
 
@@ -156,7 +162,7 @@ def route(
     validate_text(text)
     check_router_name(router)
     check_threshold(threshold)
-    history = read_history_file(history_file, _labels()) if history_file is not None else []
+    history = read_history_file(history_file, _labels(router, adapter)) if history_file is not None else []
     r = load_router(router, threshold, **router_kwargs(router, adapter, opt))
     decision = r.route(text, history)
     out = decision.to_dict()
@@ -220,16 +226,19 @@ def eval_cmd(
     from ..rows import read_rows
 
     check_threshold(threshold)
-    labels = _labels()
-    names = _dataset_names(data)
-    datasets = {n: read_rows(p, labels) for n, p in zip(names, data, strict=True)}
-
     if do_compare:
         chosen = [s.strip() for s in routers.split(",") if s.strip()] if routers else list(ROUTER_NAMES)
         if not chosen:
             raise InputError("--routers is empty")
         for name in chosen:
             check_router_name(name)
+    else:
+        chosen = [check_router_name(router)]
+    labels = _labels("lora" if "lora" in chosen else chosen[0], adapter)
+    names = _dataset_names(data)
+    datasets = {n: read_rows(p, labels) for n, p in zip(names, data, strict=True)}
+
+    if do_compare:
         per_router: dict[str, dict] = {name: {"clarify_threshold": threshold} for name in chosen}
         for item in opt or []:
             prefix, dot, rest = item.partition(".")

@@ -42,10 +42,18 @@ def build_router(spec: str, threshold: float, adapter: Path | None, options: lis
     return router
 
 
-def _agents(shop_db: Path | None):
+def _agents(shop_db: Path | None, router: Router):
+    """The embedded shop's agents; says on stderr which of the router's agents the shop has no agent for (a
+    router trained on your own agents: routing answers with them, a conversation turn routed to one of them
+    gets the shop's 'unsupported' reply)."""
     from ..shop import ShopAgents, ShopDB
 
-    return ShopAgents(ShopDB(shop_db))
+    agents = ShopAgents(ShopDB(shop_db))
+    missing = [k for k in router.registry.keys if k not in agents.keys]
+    if missing:
+        print(f"shoprouter: the embedded shop has no agent for {', '.join(missing)}: routing answers with them, "
+              "conversation turns routed to them get an 'unsupported' reply", file=sys.stderr, flush=True)
+    return agents
 
 
 @app.command()
@@ -96,7 +104,7 @@ def serve(
         raise InputError("--retention-days must be a positive number of days")
     r = build_router(router, threshold, adapter, opt)
     st = open_store(store)
-    application = create_app(r, st, _agents(shop_db), max_body_bytes=max_body_bytes,
+    application = create_app(r, st, _agents(shop_db, r), max_body_bytes=max_body_bytes,
                              inference_concurrency=inference_concurrency, router_name=router, auth=auth,
                              retention_days=retention_days)
     print(f"shoprouter: router {router}, store {st.url}, listening on http://{host}:{port} (console at /, docs at "
@@ -148,7 +156,7 @@ def chat(
     interactive = sys.stdin.isatty()
     r = build_router(router, threshold, adapter, opt)
     st = open_store(store)
-    manager = ConversationManager(r, st, _agents(shop_db))
+    manager = ConversationManager(r, st, _agents(shop_db, r))
     conv = manager.get(conversation) if conversation else manager.start(customer_id=customer_id)
     if not as_json:
         console.print(f"[dim]conversation {conv.id} · router {router} · store {st.url}"

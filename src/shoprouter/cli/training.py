@@ -42,9 +42,13 @@ def train(
                              help="LoRA rank r (alpha = 2r, the recipe's ratio: 16 and 32 by default)."),
     targets: str = typer.Option(",".join(LORA_DEFAULTS["target_modules"]), "--targets",
                                 help="Comma-separated layers LoRA adapts: any of " + ",".join(LORA_LAYERS) + "."),
+    agents: Path | None = typer.Option(None, "--agents", help="Agent registry YAML (agents: [{key, description, "
+                                       "keywords}]) to train a router for your own agents (default: the seven "
+                                       "shop agents; when continuing, the agents of what is continued)."),
     json_out: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
     """Fine-tune the LoRA router (reference recipe defaults) and save the adapter."""
+    from ..agents import load_registry
     from ..rows import read_rows
     from ..train import TrainConfig
     from ..train import train as run_train
@@ -55,7 +59,8 @@ def train(
                       threads=threads, prefix_grad=prefix_grad, dtype=dtype, target_modules=parse_targets(targets),
                       r=rank, alpha=2 * rank)
     extra_rows = read_rows(extra) if extra else None
-    log = run_train(data, out, cfg, resume=resume, resume_from=resume_from, extra_rows=extra_rows)
+    registry = load_registry(agents) if agents is not None else None
+    log = run_train(data, out, cfg, registry=registry, resume=resume, resume_from=resume_from, extra_rows=extra_rows)
     summary = {k: log.get(k) for k in ("n_train", "total_steps", "elapsed_s", "epochs", "final_val_accuracy",
                                        "temperature", "stopped_early", "finished")}
     summary["adapter"] = str(out)
