@@ -1,12 +1,15 @@
 """Is one adapter better than another beyond chance? Both route the same rows; paired counts and McNemar's test.
 
-    python scripts/compare_adapters.py --a DIR --b DIR [--data F.jsonl ...] [--batch-size 32]
+    python scripts/compare_adapters.py --a DIR --b DIR [--data F.jsonl ...] [--data-b F.jsonl ...] [--batch-size 32]
 
 Routes every row of each data file (default: the generated test split and the realistic dev set) with the
 default `lora` router on adapter A and then on adapter B, and prints per file, and for its rows with
 history: each adapter's accuracy (decision == label, the default clarify threshold), the rows only A routes
 right and the rows only B routes right, and the exact two-sided McNemar p-value (a binomial test on those
 discordant rows). Accuracy gaps of a point on a few hundred rows are often chance; this says how often.
+
+`--data-b` (one per `--data`): B routes these files instead, the same messages row for row labelled for B's
+agents, e.g. an adapter trained on renamed agents (scripts/rename_agents.py) against one on the default seven.
 """
 
 from __future__ import annotations
@@ -57,12 +60,22 @@ def main() -> None:
     ap.add_argument("--b", type=Path, required=True, help="adapter directory B")
     ap.add_argument("--data", type=Path, action="append",
                     help="JSONL rows (repeatable; default gen/test.jsonl and data/realistic_dev.jsonl)")
+    ap.add_argument("--data-b", type=Path, action="append",
+                    help="what B routes instead, one file per --data: the same messages with B's labels")
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args()
     paths = args.data or [Path("gen/test.jsonl"), ROOT / "data" / "realistic_dev.jsonl"]
     files = {_shown(p): read_rows(p) for p in paths}
+    files_b = files
+    if args.data_b:
+        if len(args.data_b) != len(paths):
+            raise SystemExit("error: give one --data-b per --data")
+        files_b = {name: read_rows(p) for name, p in zip(files, args.data_b, strict=True)}
+        for (name, rows), rows_b in zip(files.items(), files_b.values(), strict=True):
+            if [r.text for r in rows] != [r.text for r in rows_b]:
+                raise SystemExit(f"error: the --data-b file for {name} does not hold the same messages in order")
     hits_a = right_or_wrong(args.a, files, args.batch_size)
-    hits_b = right_or_wrong(args.b, files, args.batch_size)
+    hits_b = right_or_wrong(args.b, files_b, args.batch_size)
     print(f"A = {args.a}\nB = {args.b}")
     for name, rows in files.items():
         print(paired_line(name, hits_a[name], hits_b[name]))

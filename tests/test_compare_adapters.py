@@ -26,3 +26,17 @@ def test_paired_counts_and_p_value(script):
 
 def test_no_discordant_rows_is_p_one(script):
     assert script.paired_line("same", [True, False], [True, False]).endswith("McNemar p=1.000")
+
+
+def test_data_b_must_hold_the_same_messages(tmp_path):
+    import subprocess
+    import sys
+
+    from shoprouter.rows import Row, write_rows
+
+    write_rows([Row("where is my order", "order"), Row("hi", "clarify")], tmp_path / "a.jsonl")
+    write_rows([Row("where is my order", "shipping"), Row("hello", "clarify")], tmp_path / "b.jsonl")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--a", str(tmp_path), "--b", str(tmp_path),
+                           "--data", str(tmp_path / "a.jsonl"), "--data-b", str(tmp_path / "b.jsonl")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "does not hold the same messages" in proc.stderr

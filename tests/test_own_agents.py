@@ -141,3 +141,26 @@ def test_service_routes_with_the_own_agents(own, tmp_path, shop_db_path, capsys)
     turn = client.post(f"/v1/conversations/{cid}/messages", json={"text": "where is my parcel"})
     assert turn.status_code == 200
     store.close()
+
+
+def test_rename_agents_script_renames_labels_and_history(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from shoprouter.rows import read_rows
+
+    src = tmp_path / "src"
+    write_rows([Row("where is my parcel", "order", [Turn("card declined", "payment")], "order/1", {"hard": True}),
+                Row("hmm", "clarify")], src / "train.jsonl")
+    write_rows([Row("double charge", "payment")], tmp_path / "dev.jsonl")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "rename_agents.py"
+    subprocess.run([sys.executable, str(script), "--map", "order=shipping,payment=billing", "--src", str(src),
+                    "--out", str(tmp_path / "out"), "--also", str(tmp_path / "dev.jsonl")], check=True,
+                   capture_output=True, timeout=120)
+    rows = read_rows(tmp_path / "out" / "train.jsonl")
+    assert [(r.text, r.label, r.group) for r in rows] == [("where is my parcel", "shipping", "order/1"),
+                                                          ("hmm", "clarify", None)]
+    assert [(t.text, t.label) for t in rows[0].history] == [("card declined", "billing")]
+    assert rows[0].extra == {"hard": True}
+    assert [r.label for r in read_rows(tmp_path / "out" / "dev.jsonl")] == ["billing"]
