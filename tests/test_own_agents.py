@@ -114,6 +114,9 @@ def test_continuing_with_other_agents_is_refused(own, capsys, tmp_path):
     write_rows([Row("where is my order", "order")], extra)
     assert main([*args, "--resume-from", str(adapter), "--extra", str(extra)]) == 2
     assert "registry does not know: order" in capsys.readouterr().err
+    write_rows([Row("and now?", "shipping", [Turn("my card", "payment")])], extra)  # in the history too
+    assert main([*args, "--resume-from", str(adapter), "--extra", str(extra)]) == 2
+    assert "registry does not know: payment" in capsys.readouterr().err
 
 
 def test_resume_keeps_the_agents_of_the_checkpoint(own, capsys, tmp_path):

@@ -207,7 +207,8 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
     train_path, val_path = Path(data_dir) / "train.jsonl", Path(data_dir) / "val.jsonl"
     if not train_path.is_file():
         raise ShopRouterError(f"no train.jsonl in {data_dir}; run `shoprouter data generate --out {data_dir}`")
-    unknown = sorted({r.label for r in extra_rows or []} - set(labels))
+    extra_labels = {lab for r in extra_rows or [] for lab in [r.label, *(t.label for t in r.history)] if lab}
+    unknown = sorted(extra_labels - set(labels))
     if unknown:
         raise ShopRouterError(f"extra rows have labels the registry does not know: {', '.join(unknown)}; "
                               f"known: {', '.join(labels)}")
