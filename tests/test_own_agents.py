@@ -16,7 +16,7 @@ from shoprouter.cli import main
 from shoprouter.cli.serving import _agents
 from shoprouter.errors import ShopRouterError
 from shoprouter.lora import LoraRouter
-from shoprouter.rows import Row, Turn, write_rows
+from shoprouter.rows import Row, Turn, read_rows, write_rows
 from shoprouter.service import create_app
 from shoprouter.session import open_store
 
@@ -143,15 +143,30 @@ def test_service_routes_with_the_own_agents(own, tmp_path, shop_db_path, capsys)
     cid = client.post("/v1/conversations", json={}).json()["id"]
     turn = client.post(f"/v1/conversations/{cid}/messages", json={"text": "where is my parcel"})
     assert turn.status_code == 200
+    seq = turn.json()["turn"]["seq"]
+    label = "billing" if turn.json()["turn"]["decision"] != "billing" else "shipping"
+    assert client.put(f"/v1/conversations/{cid}/turns/{seq}/label", json={"label": label}).status_code == 200
     store.close()
+
+    # the correction names one of the own agents: exported with the adapter's labels, left out (and said
+    # so) with the shipped adapter's seven
+    url = f"sqlite:///{tmp_path / 'c.sqlite3'}"
+    out = tmp_path / "corrections.jsonl"
+    capsys.readouterr()
+    assert main(["data", "export-corrections", "--out", str(out), "--store", url, "--adapter", str(adapter),
+                 "--json"]) == 0
+    assert _json(capsys)["rows"] == 1
+    assert [(r.text, r.label) for r in read_rows(out)] == [("where is my parcel", label)]
+    assert main(["data", "export-corrections", "--out", str(out), "--store", url, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["rows"] == 0
+    assert f"corrections to {label} are left out" in captured.err
 
 
 def test_rename_agents_script_renames_labels_and_history(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
-
-    from shoprouter.rows import read_rows
 
     src = tmp_path / "src"
     write_rows([Row("where is my parcel", "order", [Turn("card declined", "payment")], "order/1", {"hard": True}),

@@ -65,24 +65,31 @@ def export_corrections(
     replay: int = typer.Option(400, "--replay", min=0, help="Original rows sampled into --train-set."),
     repeat: int = typer.Option(4, "--repeat", min=1, help="Copies of each correction in --train-set."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the replay sample."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="The adapter whose agents the corrections name "
+                                        "(default: the shipped one, the seven shop agents)."),
     as_json: bool = typer.Option(False, "--json", help="Print a summary as one JSON object."),
 ) -> None:
     """Write the routing labels humans corrected in the console as training rows (DESIGN.md data rows)."""
     import json
+    import sys
 
-    from ..agents import default_registry
     from ..feedback import correction_rows, write_train_set
+    from ..lora import read_meta, registry_from_meta, shipped_adapter
     from ..rows import write_rows
     from ..session import open_store
 
     if (train_set is None) != (replay_from is None):
         raise ShopRouterError("--train-set and --replay-from go together")
-    labels = default_registry().labels
+    labels = registry_from_meta(read_meta(adapter or shipped_adapter())).labels
     st = open_store(store)
     try:
         rows = correction_rows(st, labels)
+        other = sorted({c.label for c in st.list_corrections()} - set(labels))
     finally:
         st.close()
+    if other:
+        print(f"warning: corrections to {', '.join(other)} are left out: not agents of the adapter (--adapter "
+              "names the one the service routes with)", file=sys.stderr)
     write_rows(rows, out)
     summary: dict = {"rows": len(rows), "out": str(out), "store": st.url}
     if train_set is not None:
