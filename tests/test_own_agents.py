@@ -182,3 +182,18 @@ def test_rename_agents_script_renames_labels_and_history(tmp_path):
     assert [(t.text, t.label) for t in rows[0].history] == [("card declined", "billing")]
     assert rows[0].extra == {"hard": True}
     assert [r.label for r in read_rows(tmp_path / "out" / "dev.jsonl")] == ["billing"]
+
+
+def test_baselines_route_with_the_own_agents(own, capsys, tmp_path):
+    _, data, registry_file, _ = own
+    capsys.readouterr()
+    assert main(["eval", "--data", str(data / "val.jsonl"), "--router", "tfidf", "--opt", f"agents={registry_file}",
+                 "--opt", f"train_path={data / 'train.jsonl'}", "--opt", f"cache_dir={tmp_path}",
+                 "--latency-sample", "0", "--json"]) == 0
+    assert set(_json(capsys)["per_label"]) == {"shipping", "billing", "clarify", "none"}
+    assert main(["route", "my parcel is late", "--router", "keyword", "--opt", f"agents={registry_file}",
+                 "--threshold", "0", "--json"]) == 0
+    assert _json(capsys)["decision"] == "shipping"  # "parcel" is one of shipping's keywords in agents.yaml
+    assert main(["route", "my parcel is late", "--router", "tfidf", "--opt", f"agents={registry_file}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train_path must name" in err[0]

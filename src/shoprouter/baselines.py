@@ -585,12 +585,21 @@ def file_hash(path: str | Path) -> str:
 
 def build(name: str, registry: Registry | None = None, clarify_threshold: float = DEFAULT_CLARIFY_THRESHOLD,
           model_path: str | Path | None = None, train_path: str | Path | None = None,
-          cache_dir: str | Path | None = None, **kwargs) -> Router:
+          cache_dir: str | Path | None = None, agents: str | Path | None = None, **kwargs) -> Router:
     """A baseline router by name (`keyword`, `rules`, `tfidf`, `embedding`).
 
     Trained baselines: `model_path` loads a saved model; otherwise they are trained on `train_path` (default:
     the generated train split in the cache) and the fitted model is cached by a hash of the train file.
+    `agents`: a registry YAML (your own agents; then give `train_path` too) instead of `registry`.
     """
+    if agents is not None:
+        from .agents import load_registry
+
+        if registry is not None:
+            raise ShopRouterError("give a registry or an agents file, not both")
+        registry = load_registry(agents)
+        if name in _TRAINED and model_path is None and train_path is None:
+            raise ShopRouterError("with your own agents, train_path must name their labelled train file")
     if name == "keyword":
         return KeywordRouter(registry, clarify_threshold, **kwargs)
     if name == "rules":

@@ -126,16 +126,17 @@ def read_history_file(path: Path, labels: list[str]):
     return parse_history(raw, labels, f"{path}")
 
 
-def _labels(router: str, adapter: Path | None) -> list[str]:
+def _labels(router: str, adapter: Path | None, options: dict | None = None) -> list[str]:
     """The labels that rows and history may carry: the adapter's agents for `lora` (read from its router.json,
-    before the model loads), the seven default agents for the baselines."""
-    from ..agents import default_registry
+    before the model loads); for a baseline, those of its `agents` option (a registry YAML), else the seven."""
+    from ..agents import default_registry, load_registry
 
     if router == "lora":
         from ..lora import read_meta, registry_from_meta, shipped_adapter
 
         return registry_from_meta(read_meta(adapter or shipped_adapter())).labels
-    return default_registry().labels
+    agents = (options or {}).get("agents")
+    return load_registry(agents).labels if agents is not None else default_registry().labels
 
 
 def _emit_json(obj) -> None:
@@ -162,7 +163,8 @@ def route(
     validate_text(text)
     check_router_name(router)
     check_threshold(threshold)
-    history = read_history_file(history_file, _labels(router, adapter)) if history_file is not None else []
+    labels = _labels(router, adapter, parse_options(opt))
+    history = read_history_file(history_file, labels) if history_file is not None else []
     r = load_router(router, threshold, **router_kwargs(router, adapter, opt))
     decision = r.route(text, history)
     out = decision.to_dict()
@@ -234,7 +236,10 @@ def eval_cmd(
             check_router_name(name)
     else:
         chosen = [check_router_name(router)]
-    labels = _labels("lora" if "lora" in chosen else chosen[0], adapter)
+    if "lora" in chosen:
+        labels = _labels("lora", adapter)
+    else:
+        labels = _labels(chosen[0], None, None if do_compare else parse_options(opt))
     names = _dataset_names(data)
     datasets = {n: read_rows(p, labels) for n, p in zip(names, data, strict=True)}
 
