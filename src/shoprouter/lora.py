@@ -88,6 +88,11 @@ def registry_from_meta(meta: dict) -> Registry:
         raise ShopRouterError("adapter metadata has no valid agent registry ('agents')") from None
 
 
+def adapter_registry(adapter: Path | None = None) -> Registry:
+    """The agents `adapter` (default: the shipped one) was trained on, from its router.json (no model loaded)."""
+    return registry_from_meta(read_meta(Path(adapter) if adapter else shipped_adapter()))
+
+
 def check_registry(adapter: Path, trained: Registry, registry: Registry | None) -> Registry:
     """The registry to route `adapter` with: the one it was trained on (`router.json`). A `registry` given as
     well must declare the same agents with the same descriptions (they are part of the prompt), else

@@ -20,7 +20,7 @@ import torch
 
 from .agents import Registry, default_registry
 from .errors import ShopRouterError
-from .lora import META_FILE, PROMPT_VERSION, check_registry, read_meta, registry_from_meta
+from .lora import META_FILE, PROMPT_VERSION, adapter_registry, check_registry, registry_from_meta
 from .model import EMBEDDED, LORA_DEFAULTS, load_base, resolve_dtype
 from .rows import Row, read_rows
 from .scoring import Encoded, Engine
@@ -201,7 +201,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
     if state is not None and "agents" in state["log"]:
         registry = check_registry(ckpt, registry_from_meta(state["log"]), registry)
     elif resume_from is not None:
-        registry = check_registry(Path(resume_from), registry_from_meta(read_meta(Path(resume_from))), registry)
+        registry = check_registry(Path(resume_from), adapter_registry(Path(resume_from)), registry)
     registry = registry or default_registry()
     labels = registry.labels
     train_path, val_path = Path(data_dir) / "train.jsonl", Path(data_dir) / "val.jsonl"

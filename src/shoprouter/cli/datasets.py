@@ -74,19 +74,20 @@ def export_corrections(
     import sys
 
     from ..feedback import correction_rows, write_train_set
-    from ..lora import read_meta, registry_from_meta, shipped_adapter
+    from ..lora import adapter_registry
     from ..rows import write_rows
     from ..session import open_store
 
     if (train_set is None) != (replay_from is None):
         raise ShopRouterError("--train-set and --replay-from go together")
-    labels = registry_from_meta(read_meta(adapter or shipped_adapter())).labels
+    labels = adapter_registry(adapter).labels
     st = open_store(store)
     try:
-        rows = correction_rows(st, labels)
-        other = sorted({c.label for c in st.list_corrections()} - set(labels))
+        every = correction_rows(st)
     finally:
         st.close()
+    rows = [r for r in every if r.label in labels]
+    other = sorted({r.label for r in every} - set(labels))
     if other:
         print(f"warning: corrections to {', '.join(other)} are left out: not agents of the adapter (--adapter "
               "names the one the service routes with)", file=sys.stderr)

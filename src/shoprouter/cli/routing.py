@@ -132,9 +132,9 @@ def _labels(router: str, adapter: Path | None, options: dict | None = None) -> l
     from ..agents import default_registry, load_registry
 
     if router == "lora":
-        from ..lora import read_meta, registry_from_meta, shipped_adapter
+        from ..lora import adapter_registry
 
-        return registry_from_meta(read_meta(adapter or shipped_adapter())).labels
+        return adapter_registry(adapter).labels
     agents = (options or {}).get("agents")
     return load_registry(agents).labels if agents is not None else default_registry().labels
 

@@ -79,13 +79,13 @@ def average(
 ) -> None:
     """Average adapters (the mean of their LoRA updates) into one, recalibrated on the validation split."""
     from ..average import average_adapters
-    from ..lora import read_meta, registry_from_meta
+    from ..lora import adapter_registry
     from ..rows import read_rows
 
     val = Path(data) / "val.jsonl"
     if not val.is_file():
         raise ShopRouterError(f"no val.jsonl in {data}; the averaged adapter is calibrated on the validation split")
-    labels = registry_from_meta(read_meta(Path(adapters[0]))).labels
+    labels = adapter_registry(Path(adapters[0])).labels
     meta = average_adapters(adapters, out, read_rows(val, labels), rank, dtype)
     summary = {"adapter": str(out), "averaged": [str(a) for a in adapters], "rank": meta["averaged_rank"]["kept"],
                "temperature": meta["temperature"], **meta["calibration"]}
