@@ -57,6 +57,21 @@ def test_rules_cover_every_label():
     assert 90 <= len(baselines.RULES) <= 130
 
 
+def test_rules_route_agents_without_hand_written_rules_by_their_keywords():
+    from shoprouter.agents import DEFAULT_AGENTS, Agent, Registry
+
+    assert get_router("rules").keyword_rules == []  # the default seven all have hand-written rules
+    agents = [a for a in DEFAULT_AGENTS if a.key != "order"]
+    registry = Registry((Agent("shipping", "Where a parcel is.", ("parcel", "courier")), *agents))
+    router = get_router("rules", registry=registry)
+    assert router.keyword_rules == ["shipping"]
+    d = router.route("the COURIER lost it")
+    assert d.decision == "shipping" and d.confidence >= 0.7, d.scores
+    assert_distribution(d.scores, registry.labels)
+    assert router.route("i want a refund, the mug is broken").decision == "returns"  # hand-written rules still apply
+    assert router.route("hi").decision == "clarify"
+
+
 def test_tfidf_fit_route_save_load(tmp_path, labelled_rows):
     router = baselines.TfidfRouter().fit(labelled_rows)
     for text, label in OBVIOUS + OUT_OF_SCOPE[1:] + VAGUE[:1]:

@@ -226,12 +226,18 @@ FOLLOWUP_RE = re.compile(r"^\W*(ok|okay|and|also|what about|how about|then|so|bu
                          r"what if|can i|could you|yes|no)\b", re.I)
 
 
+KEYWORD_RULE_WEIGHT = 4.0  # one keyword match alone clears the 0.7 threshold, even on a short message
+
+
 class RulesRouter(Router):
     """About a hundred hand-written regex rules (pattern -> label, weight); softmax over summed weights.
 
     `clarify` starts with a small bias (so a message no rule matches is a clarify) that grows for very short
     messages. With history, the label of the last earlier turn gets a bonus (larger for follow-up phrasing),
     and when that turn has no label its own rule matches count at a reduced weight.
+    The hand-written rules are for the seven default agents; an agent of another registry that none of them
+    names gets one rule per registry keyword (whole word, `KEYWORD_RULE_WEIGHT`), as the `keyword` router
+    matches them, so that every agent can be routed to.
     """
 
     name = "rules"
@@ -241,6 +247,10 @@ class RulesRouter(Router):
         super().__init__(registry, clarify_threshold)
         labels = set(self.labels)
         self.rules = [(re.compile(p, re.I), lab, float(w)) for p, lab, w in rules if lab in labels]
+        ruled = {lab for _, lab, _ in self.rules}
+        self.keyword_rules = [a.key for a in self.registry.agents if a.key not in ruled]
+        self.rules += [(re.compile(_keyword_pattern(k).pattern, re.I), a.key, KEYWORD_RULE_WEIGHT) for a in self.registry.agents
+                       if a.key in self.keyword_rules for k in a.keywords if k.strip()]
         self.temperature = temperature
 
     def _weights(self, text: str) -> dict[str, float]:
