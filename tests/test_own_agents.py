@@ -85,6 +85,41 @@ def test_eval_reads_rows_with_the_adapters_labels(own, capsys):
     assert set(result["per_label"]) == {"shipping", "billing", "clarify", "none"}
 
 
+def test_compare_scores_every_router_with_the_same_agents(own, capsys):
+    base, data, registry_file, adapter = own
+    args = ["eval", "--compare", "--routers", "lora,keyword", "--data", str(data / "val.jsonl"), "--adapter",
+            str(adapter), "--opt", f"lora.base={base}", "--latency-sample", "0", "--json"]
+    capsys.readouterr()
+    # the keyword router with its default seven agents cannot be scored on rows labelled shipping / billing
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--opt keyword.agents=" in err[0], err
+    assert main([*args, "--opt", f"keyword.agents={registry_file}"]) == 0
+    rows = {r["router"]: r for r in _json(capsys)["rows"]}
+    assert set(rows) == {"lora", "keyword"}
+    assert all(r["available"] and r["n"] == 10 for r in rows.values()), rows
+    # the keyword router matched the own agents' keywords: "parcel", "card", ... are in the rows
+    assert rows["keyword"]["top1_accuracy"] > 0.25, rows
+
+
+def test_bench_reads_rows_with_the_adapters_labels(own, capsys, tmp_path):
+    base, data, _, adapter = own
+    args = ["bench", "--adapter", str(adapter), "--routers", "keyword", "--n-single", "2", "--n-batch", "4",
+            "--passes", "1", "--reference-n", "3", "--json"]
+    capsys.readouterr()
+    assert main([*args, "--data", str(data / "val.jsonl")]) == 0
+    results = {r["router"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert "error" not in results["reference-generate"], results
+    # the reference way's decisions are compared with rows labelled shipping / billing, the adapter's agents
+    assert results["reference-generate"]["n"] == 3 and 0.0 <= results["reference-generate"]["accuracy_on_sample"] <= 1
+    assert results["keyword"]["throughput_msgs_per_s"] > 0
+    other = tmp_path / "default-labels.jsonl"
+    write_rows([Row("where is my order", "order")], other)
+    assert main([*args, "--data", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "order" in err[0] and err[0].startswith("error: ")
+
+
 def test_rows_with_labels_the_adapter_does_not_know_are_a_one_line_error(own, capsys, tmp_path):
     base, _, _, adapter = own
     other = tmp_path / "default-labels.jsonl"

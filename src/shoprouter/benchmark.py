@@ -124,7 +124,7 @@ def _child(kind: str, data: str, kwargs_json: str) -> None:
     from .rows import read_rows
 
     kwargs = json.loads(kwargs_json)
-    rows = read_rows(data)
+    rows = read_rows(data, kwargs.pop("labels", None))
     if kind == "router":
         res = bench_router(kwargs["name"], rows, kwargs["n_single"], kwargs["n_batch"], kwargs["batch_size"],
                            kwargs.get("router_kwargs"), kwargs.get("passes", 3))

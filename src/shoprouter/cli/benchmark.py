@@ -30,12 +30,15 @@ def bench(
 
     from ..benchmark import run_isolated
     from ..errors import InputError
+    from ..lora import adapter_registry
     from ..router import ROUTER_NAMES
     from ..rows import read_rows
     from .routing import parse_options
 
     path = data or Path(__file__).resolve().parents[3] / "data" / "realistic_dev.jsonl"
-    read_rows(path)  # validate before spawning anything
+    # rows (and history) carry the labels of the adapter benchmarked: the reference way's accuracy compares with them
+    labels = adapter_registry(adapter).labels
+    read_rows(path, labels)  # validate before spawning anything
     specs = [n.strip() for n in routers.split(",") if n.strip()]
     parsed = []
     for spec in specs:
@@ -49,11 +52,12 @@ def bench(
     results = []
     for spec, name, kw in parsed:
         res = run_isolated("router", str(path), name=name, n_single=n_single, n_batch=n_batch,
-                           batch_size=batch_size, router_kwargs=kw or None, passes=passes)
+                           batch_size=batch_size, router_kwargs=kw or None, passes=passes, labels=labels)
         res["router"] = spec
         results.append(res)
     if reference:
-        results.append(run_isolated("reference", str(path), n=reference, adapter=str(adapter) if adapter else None))
+        results.append(run_isolated("reference", str(path), n=reference, adapter=str(adapter) if adapter else None,
+                                    labels=labels))
     if json_out:
         print(json.dumps({"data": str(path), "results": results}))
         return

@@ -139,6 +139,22 @@ def _labels(router: str, adapter: Path | None, options: dict | None = None) -> l
     return load_registry(agents).labels if agents is not None else default_registry().labels
 
 
+def _compared_labels(per_router: dict[str, dict]) -> list[str]:
+    """The labels shared by every compared router (each with its own options); routers that route to different
+    agents cannot be scored on the same rows, so that is a one-line error naming what to pass."""
+    by_router = {}
+    for name, options in per_router.items():
+        adapter = options.get("adapter") if name == "lora" else None
+        by_router[name] = _labels(name, None if adapter is None else Path(adapter), options)
+    first, labels = next(iter(by_router.items()))
+    for name, other in by_router.items():
+        if set(other) != set(labels):
+            raise InputError(f"the compared routers route to different agents ({first}: {', '.join(labels)}; "
+                             f"{name}: {', '.join(other)}); give each the same agents, e.g. "
+                             f"--opt {name}.agents=F.yaml (tfidf and embedding also --opt {name}.train_path=F)")
+    return labels
+
+
 def _emit_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
@@ -236,13 +252,6 @@ def eval_cmd(
             check_router_name(name)
     else:
         chosen = [check_router_name(router)]
-    if "lora" in chosen:
-        labels = _labels("lora", adapter)
-    else:
-        labels = _labels(chosen[0], None, None if do_compare else parse_options(opt))
-    names = _dataset_names(data)
-    datasets = {n: read_rows(p, labels) for n, p in zip(names, data, strict=True)}
-
     if do_compare:
         per_router: dict[str, dict] = {name: {"clarify_threshold": threshold} for name in chosen}
         for item in opt or []:
@@ -252,6 +261,13 @@ def eval_cmd(
             per_router[prefix].update(parse_options([rest]))
         if adapter is not None and "lora" in per_router:
             per_router["lora"]["adapter"] = str(adapter)
+        labels = _compared_labels(per_router)
+    else:
+        labels = _labels(chosen[0], adapter, parse_options(opt))
+    names = _dataset_names(data)
+    datasets = {n: read_rows(p, labels) for n, p in zip(names, data, strict=True)}
+
+    if do_compare:
         result = ev.compare(chosen, datasets, per_router, batch_size=batch_size, latency_sample=latency_sample,
                             print_table=not as_json)
         if as_json:
