@@ -47,7 +47,6 @@ class TrainConfig:
     threads: int | None = None
     prefix_grad: bool = False  # backpropagate through the shared prefix too (about 1.5x slower per step)
     dtype: str = "auto"  # base weights and matmuls: bfloat16 where the hardware has it (LoRA weights stay float32)
-    cycles: int = 1  # >1: the schedule restarts this many times; the adapter is the mean of each cycle's end
 
 
 def bucketed_batches(encoded: list[Encoded], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -147,31 +146,8 @@ def cosine_with_warmup(step: int, total: int, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - n_warm) / max(1, total - n_warm))))
 
 
-def cyclic_lr(step: int, total: int, warmup: float, cycles: int, snapshots: list[int]) -> float:
-    """Learning-rate multiplier for `cycles` cosine cycles (warm restarts) over `total` steps.
-
-    `snapshots`: the steps at which the cycles done so far ended. The current cycle starts at the last of them
-    and the steps left are split evenly among the cycles left, so the cycles follow a `total` that is refitted
-    to a time budget on the way. Each cycle has its own warmup (`warmup` of its length) and decays to 0.
-    """
-    if cycles <= 1:
-        return cosine_with_warmup(step, total, warmup)
-    start = snapshots[-1] if snapshots else 0
-    left = max(1, cycles - len(snapshots))
-    return cosine_with_warmup(step - start, max(1, round((total - start) / left)), warmup)
-
-
-def cycle_end(total: int, cycles: int, snapshots: list[int]) -> int:
-    """The step at which the current cycle ends (see `cyclic_lr`)."""
-    start = snapshots[-1] if snapshots else 0
-    return start + max(1, round((total - start) / max(1, cycles - len(snapshots))))
-
-
-AVERAGE_LOAD_S = 30.0  # loading the lean router to calibrate the mean of the cycles (measured ~6-20 s)
-
-
 def fit_to_budget(log: dict, planned: int, step: int, budget_s: float, steps_per_epoch: int, n_val: int,
-                  batch_size: int, n_calibrate: int = 0) -> int:
+                  batch_size: int) -> int:
     """The number of steps that fits the time budget (validation passes included), at most `planned`.
 
     Uses the median time of the recent steps, so it follows the machine's load in both directions (a burst
@@ -184,8 +160,6 @@ def fit_to_budget(log: dict, planned: int, step: int, budget_s: float, steps_per
     per_step = sorted(recent)[len(recent) // 2]
     n_val_passes = 1 + max(0, planned - step) // steps_per_epoch  # per epoch, plus the final calibration
     val_s = n_val_passes * (n_val / batch_size) * per_step / 3  # a no-grad pass costs about a third of a step
-    if n_calibrate:
-        val_s += AVERAGE_LOAD_S + (n_calibrate / batch_size) * per_step / 3
     left = budget_s - log["elapsed_s"] - val_s
     fitted = step + max(1, int(0.97 * left / per_step))
     return max(step + 1, min(planned, fitted))
@@ -223,10 +197,6 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
     out_dir = Path(out_dir)
     ckpt = out_dir / "checkpoint"
     state = torch.load(ckpt / "state.pt", weights_only=False) if resume and (ckpt / "state.pt").is_file() else None
-    if state is not None:  # a run continues with the cycles it was planned with
-        cfg = replace(cfg, cycles=int(state["log"]["config"].get("cycles", 1)))
-    if cfg.cycles < 1:
-        raise ShopRouterError(f"cycles must be at least 1, got {cfg.cycles}")
     # the agents (and their descriptions, part of the prompt) of what is continued are the ones trained on
     if state is not None and "agents" in state["log"]:
         registry = check_registry(ckpt, registry_from_meta(state["log"]), registry)
@@ -244,8 +214,6 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
                               f"known: {', '.join(labels)}")
     train_rows = read_rows(train_path, labels) + list(extra_rows or [])
     val_rows = read_rows(val_path, labels) if val_path.is_file() else []
-    if cfg.cycles > 1 and not val_rows:
-        raise ShopRouterError(f"training with cycles needs {val_path} to calibrate the mean of the cycles on")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
@@ -273,21 +241,18 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
     total_steps = planned_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # total: shrunk to fit --max-minutes once the step time is known; snapshots: steps where cycles ended
-    plan = {"total": total_steps, "snapshots": []}
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: cyclic_lr(s, plan["total"], cfg.warmup, cfg.cycles, plan["snapshots"]))
+    plan = {"total": total_steps}  # shrunk to fit --max-minutes once the step time is known
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, plan["total"], cfg.warmup))
     log = {"config": asdict(cfg), "n_train": len(enc_train), "n_val_scored": len(enc_val), "device": str(device), "dtype": dtype,
            "threads": torch.get_num_threads(), "trainable_params": sum(p.numel() for p in params),
            "prefix_tokens": len(engine.prefix_ids), "total_steps": total_steps, "steps": [], "epochs": [],
-           "elapsed_s": 0.0, "agents": registry.to_dict()["agents"], "snapshots": plan["snapshots"]}
+           "elapsed_s": 0.0, "agents": registry.to_dict()["agents"]}
     step = 0
     if state is not None:
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         step, log = state["step"], state["log"]
         plan["total"] = total_steps = log["total_steps"]
-        plan["snapshots"] = log.setdefault("snapshots", [])
     model.train()
     start = time.time() - log["elapsed_s"]
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
@@ -306,14 +271,9 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
-            if len(plan["snapshots"]) < cfg.cycles - 1 and step >= cycle_end(total_steps, cfg.cycles,
-                                                                              plan["snapshots"]):
-                _snapshot(model, out_dir, len(plan["snapshots"]), registry, cfg, step)
-                plan["snapshots"].append(step)  # the next learning rate is the new cycle's first
-                bar.write(f"step {step}: cycle {len(plan['snapshots'])} of {cfg.cycles} ended, snapshot saved")
-            sched.step()
             dt = time.time() - t0
             log["steps"].append({"step": step, "loss": round(loss.item(), 5), "lr": sched.get_last_lr()[0],
                                  "examples_per_s": round(len(batches[b_i]) / dt, 2)})
@@ -329,8 +289,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
                     step - first_step >= FIT_AFTER_STEPS or log["elapsed_s"] >= FIT_AFTER_SHARE * cfg.max_minutes * 60)):
                 fitted = True
                 total_steps = plan["total"] = log["total_steps"] = fit_to_budget(
-                    log, planned_steps, step, cfg.max_minutes * 60, steps_per_epoch, len(enc_val), cfg.batch_size,
-                    len(val_rows) if cfg.cycles > 1 else 0)
+                    log, planned_steps, step, cfg.max_minutes * 60, steps_per_epoch, len(enc_val), cfg.batch_size)
                 bar.total = total_steps
             if step % cfg.checkpoint_every == 0:
                 _checkpoint(model, opt, sched, step, log, ckpt)
@@ -343,8 +302,6 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
     _checkpoint(model, opt, sched, step, log, ckpt)
     log["stopped_early"] = stopped_early
     log["finished"] = step >= total_steps
-    if cfg.cycles > 1 and plan["snapshots"]:
-        return _finish_cycles(model, out_dir, registry, cfg, step, len(enc_train), val_rows, log)
     # calibrate on the validation subset and save the final adapter
     temperature = 1.0
     if enc_val:
@@ -361,37 +318,6 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, registry: Registry | 
     (out_dir / "train_log.json").write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
     for junk in ("README.md",):
         (out_dir / junk).unlink(missing_ok=True)
-    return log
-
-
-SNAPSHOTS = "snapshots"
-
-
-def _snapshot(model, out_dir: Path, index: int, registry: Registry, cfg: TrainConfig, step: int) -> Path:
-    """Save the adapter as it is at the end of cycle `index` to out_dir/snapshots/cycle-<index> (uncalibrated)."""
-    path = out_dir / SNAPSHOTS / f"cycle-{index}"
-    model.save_pretrained(str(path))
-    _write_meta(path, registry, cfg, 1.0, {"train_steps": step})
-    (path / "README.md").unlink(missing_ok=True)
-    return path
-
-
-def _finish_cycles(model, out_dir: Path, registry: Registry, cfg: TrainConfig, step: int, n_train: int,
-                   val_rows: list[Row], log: dict) -> dict:
-    """The end of a run with cycles: the last cycle becomes a snapshot too, and the adapter written to out_dir
-    is the mean of the snapshots' updates (`average.average_adapters`, bfloat16 factors), calibrated on the
-    whole validation split as the default router routes it."""
-    from .average import average_adapters
-
-    snapshots = [_snapshot(model, out_dir, i, registry, cfg, s) if i == len(log["snapshots"])
-                 else out_dir / SNAPSHOTS / f"cycle-{i}" for i, s in enumerate([*log["snapshots"], step])]
-    meta = average_adapters(snapshots, out_dir, val_rows, dtype="bfloat16")
-    meta.update(train_config=asdict(cfg), train_steps=step, train_rows=n_train)
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    log["temperature"] = meta["temperature"]
-    log["final_val_accuracy"] = meta["calibration"]["val_top1"]
-    log["averaged_snapshots"] = [str(p) for p in snapshots]
-    (out_dir / "train_log.json").write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
     return log
 
 

@@ -45,9 +45,6 @@ def train(
     agents: Path | None = typer.Option(None, "--agents", help="Agent registry YAML (agents: [{key, description, "
                                        "keywords}]) to train a router for your own agents (default: the seven "
                                        "shop agents; when continuing, the agents of what is continued)."),
-    cycles: int = typer.Option(1, "--cycles", min=1, max=10,
-                               help="Restart the cosine schedule this many times in the run and save the mean "
-                                    "of the cycles' ends as the adapter (1: one schedule, the recipe)."),
     json_out: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
     """Fine-tune the LoRA router (reference recipe defaults) and save the adapter."""
@@ -60,7 +57,7 @@ def train(
         raise ShopRouterError(f"--rank must be a whole number from 1 to 256, got {rank}")
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_minutes=max_minutes, base=base, seed=seed,
                       threads=threads, prefix_grad=prefix_grad, dtype=dtype, target_modules=parse_targets(targets),
-                      r=rank, alpha=2 * rank, cycles=cycles)
+                      r=rank, alpha=2 * rank)
     extra_rows = read_rows(extra) if extra else None
     registry = load_registry(agents) if agents is not None else None
     log = run_train(data, out, cfg, registry=registry, resume=resume, resume_from=resume_from, extra_rows=extra_rows)
