@@ -249,8 +249,8 @@ class RulesRouter(Router):
         self.rules = [(re.compile(p, re.I), lab, float(w)) for p, lab, w in rules if lab in labels]
         ruled = {lab for _, lab, _ in self.rules}
         self.keyword_rules = [a.key for a in self.registry.agents if a.key not in ruled]
-        self.rules += [(re.compile(_keyword_pattern(k).pattern, re.I), a.key, KEYWORD_RULE_WEIGHT) for a in self.registry.agents
-                       if a.key in self.keyword_rules for k in a.keywords if k.strip()]
+        self.rules += [(re.compile(_keyword_pattern(k).pattern, re.I), a.key, KEYWORD_RULE_WEIGHT)
+                       for a in self.registry.agents if a.key not in ruled for k in a.keywords if k.strip()]
         self.temperature = temperature
 
     def _weights(self, text: str) -> dict[str, float]:

@@ -88,7 +88,7 @@ def registry_from_meta(meta: dict) -> Registry:
         raise ShopRouterError("adapter metadata has no valid agent registry ('agents')") from None
 
 
-def adapter_registry(adapter: Path | None = None) -> Registry:
+def adapter_registry(adapter: str | Path | None = None) -> Registry:
     """The agents `adapter` (default: the shipped one) was trained on, from its router.json (no model loaded)."""
     return registry_from_meta(read_meta(Path(adapter) if adapter else shipped_adapter()))
 

@@ -126,7 +126,7 @@ def read_history_file(path: Path, labels: list[str]):
     return parse_history(raw, labels, f"{path}")
 
 
-def _labels(router: str, adapter: Path | None, options: dict | None = None) -> list[str]:
+def _labels(router: str, adapter: str | Path | None, options: dict | None = None) -> list[str]:
     """The labels that rows and history may carry: the adapter's agents for `lora` (read from its router.json,
     before the model loads); for a baseline, those of its `agents` option (a registry YAML), else the seven."""
     from ..agents import default_registry, load_registry
@@ -142,10 +142,7 @@ def _labels(router: str, adapter: Path | None, options: dict | None = None) -> l
 def _compared_labels(per_router: dict[str, dict]) -> list[str]:
     """The labels shared by every compared router (each with its own options); routers that route to different
     agents cannot be scored on the same rows, so that is a one-line error naming what to pass."""
-    by_router = {}
-    for name, options in per_router.items():
-        adapter = options.get("adapter") if name == "lora" else None
-        by_router[name] = _labels(name, None if adapter is None else Path(adapter), options)
+    by_router = {name: _labels(name, options.get("adapter"), options) for name, options in per_router.items()}
     first, labels = next(iter(by_router.items()))
     for name, other in by_router.items():
         if set(other) != set(labels):
