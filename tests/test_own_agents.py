@@ -120,6 +120,22 @@ def test_bench_reads_rows_with_the_adapters_labels(own, capsys, tmp_path):
     assert len(err) == 1 and "order" in err[0] and err[0].startswith("error: ")
 
 
+def test_bench_of_baselines_for_own_agents_needs_no_adapter(own, capsys):
+    base, data, registry_file, _ = own
+    args = ["bench", "--routers", f"keyword:agents={registry_file}", "--data", str(data / "val.jsonl"),
+            "--n-single", "2", "--n-batch", "4", "--passes", "1", "--json"]
+    capsys.readouterr()
+    # rows labelled shipping / billing are read with the keyword router's own agents
+    assert main([*args, "--reference-n", "0"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["router"] for r in results] == [f"keyword:agents={registry_file}"]
+    assert results[0]["throughput_msgs_per_s"] > 0, results
+    # the reference way would run the shipped adapter, which does not route to them: say what to pass
+    assert main([*args, "--reference-n", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--reference-n 0" in err[0] and "--adapter" in err[0], err
+
+
 def test_rows_with_labels_the_adapter_does_not_know_are_a_one_line_error(own, capsys, tmp_path):
     base, _, _, adapter = own
     other = tmp_path / "default-labels.jsonl"

@@ -33,12 +33,9 @@ def bench(
     from ..lora import adapter_registry
     from ..router import ROUTER_NAMES
     from ..rows import read_rows
-    from .routing import parse_options
+    from .routing import parse_options, router_labels
 
     path = data or Path(__file__).resolve().parents[3] / "data" / "realistic_dev.jsonl"
-    # rows (and history) carry the labels of the adapter benchmarked: the reference way's accuracy compares with them
-    labels = adapter_registry(adapter).labels
-    read_rows(path, labels)  # validate before spawning anything
     specs = [n.strip() for n in routers.split(",") if n.strip()]
     parsed = []
     for spec in specs:
@@ -49,6 +46,19 @@ def bench(
         if adapter and name == "lora":
             kw["adapter"] = str(adapter)
         parsed.append((spec, name, kw))
+    # rows (and history) may carry the labels of any router benchmarked (each with its own agents); the reference
+    # way's accuracy compares the adapter's decisions with them, so its rows must carry the adapter's labels
+    adapter_labels = adapter_registry(adapter).labels
+    labels = list(dict.fromkeys(lb for _, name, kw in parsed for lb in router_labels(name, kw.get("adapter"), kw)))
+    if reference:
+        try:
+            read_rows(path, adapter_labels)
+        except InputError as e:
+            raise InputError(f"{e}; the reference way (--reference-n) runs the adapter "
+                             f"{adapter or 'shipped with shoprouter'}, which routes to {', '.join(adapter_labels)}: "
+                             "pass --adapter for one trained on these labels, or --reference-n 0") from None
+        labels = list(dict.fromkeys([*labels, *adapter_labels]))
+    read_rows(path, labels)  # validate before spawning anything
     results = []
     for spec, name, kw in parsed:
         res = run_isolated("router", str(path), name=name, n_single=n_single, n_batch=n_batch,
@@ -57,7 +67,7 @@ def bench(
         results.append(res)
     if reference:
         results.append(run_isolated("reference", str(path), n=reference, adapter=str(adapter) if adapter else None,
-                                    labels=labels))
+                                    labels=adapter_labels))
     if json_out:
         print(json.dumps({"data": str(path), "results": results}))
         return

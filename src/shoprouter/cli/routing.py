@@ -126,7 +126,7 @@ def read_history_file(path: Path, labels: list[str]):
     return parse_history(raw, labels, f"{path}")
 
 
-def _labels(router: str, adapter: str | Path | None, options: dict | None = None) -> list[str]:
+def router_labels(router: str, adapter: str | Path | None, options: dict | None = None) -> list[str]:
     """The labels that rows and history may carry: the adapter's agents for `lora` (read from its router.json,
     before the model loads); for a baseline, those of its `agents` option (a registry YAML), else the seven."""
     from ..agents import default_registry, load_registry
@@ -142,7 +142,7 @@ def _labels(router: str, adapter: str | Path | None, options: dict | None = None
 def _compared_labels(per_router: dict[str, dict]) -> list[str]:
     """The labels shared by every compared router (each with its own options); routers that route to different
     agents cannot be scored on the same rows, so that is a one-line error naming what to pass."""
-    by_router = {name: _labels(name, options.get("adapter"), options) for name, options in per_router.items()}
+    by_router = {name: router_labels(name, options.get("adapter"), options) for name, options in per_router.items()}
     first, labels = next(iter(by_router.items()))
     for name, other in by_router.items():
         if set(other) != set(labels):
@@ -176,7 +176,7 @@ def route(
     validate_text(text)
     check_router_name(router)
     check_threshold(threshold)
-    labels = _labels(router, adapter, parse_options(opt))
+    labels = router_labels(router, adapter, parse_options(opt))
     history = read_history_file(history_file, labels) if history_file is not None else []
     r = load_router(router, threshold, **router_kwargs(router, adapter, opt))
     decision = r.route(text, history)
@@ -260,7 +260,7 @@ def eval_cmd(
             per_router["lora"]["adapter"] = str(adapter)
         labels = _compared_labels(per_router)
     else:
-        labels = _labels(chosen[0], adapter, parse_options(opt))
+        labels = router_labels(chosen[0], adapter, parse_options(opt))
     names = _dataset_names(data)
     datasets = {n: read_rows(p, labels) for n, p in zip(names, data, strict=True)}
 
