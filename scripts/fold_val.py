@@ -34,8 +34,9 @@ def main() -> None:
     train, val, test = (read_rows(args.src / f"{s}.jsonl") for s in ("train", "val", "test"))
     if any(r.group is None for r in val):
         raise SystemExit("error: every validation row needs a group to fold by")
-    kept = [r for r in val if stays_in_val(r.group, args.keep)]
-    folded = [r for r in val if not stays_in_val(r.group, args.keep)]
+    kept, folded = [], []
+    for r in val:
+        (kept if stays_in_val(r.group, args.keep) else folded).append(r)
     args.out.mkdir(parents=True, exist_ok=True)
     write_rows(train + folded, args.out / "train.jsonl")
     write_rows(kept, args.out / "val.jsonl")

@@ -50,6 +50,7 @@ def bench(
     # way's accuracy compares the adapter's decisions with them, so its rows must carry the adapter's labels
     adapter_labels = adapter_registry(adapter).labels
     labels = list(dict.fromkeys(lb for _, name, kw in parsed for lb in router_labels(name, kw.get("adapter"), kw)))
+    # validate before spawning anything (rows that carry the adapter's labels carry the union's too)
     if reference:
         try:
             read_rows(path, adapter_labels)
@@ -58,7 +59,8 @@ def bench(
                              f"{adapter or 'shipped with shoprouter'}, which routes to {', '.join(adapter_labels)}: "
                              "pass --adapter for one trained on these labels, or --reference-n 0") from None
         labels = list(dict.fromkeys([*labels, *adapter_labels]))
-    read_rows(path, labels)  # validate before spawning anything
+    else:
+        read_rows(path, labels)
     results = []
     for spec, name, kw in parsed:
         res = run_isolated("router", str(path), name=name, n_single=n_single, n_batch=n_batch,
